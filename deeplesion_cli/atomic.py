@@ -1,0 +1,55 @@
+"""Atomic file writes: write a temporary file beside the target, then rename over it.
+
+A reader (or a re-run after a crash) sees either the old file or the whole new one, never half.
+Temporary names start with ``.`` and end with ``.tmp`` so :func:`remove_stale_temps` can sweep
+what a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_for(path: Path):
+    return tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX, delete=False)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    with _temp_for(path) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` kept as is) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_with(path: Path, writer) -> None:
+    """Call ``writer(temp_path)`` to produce the file, then rename it to ``path``."""
+    path = Path(path)
+    with _temp_for(path) as tmp:
+        pass
+    try:
+        writer(Path(tmp.name))
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files a killed run left in ``folder`` and its sub-folders; return count."""
+    count = 0
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            count += 1
+    return count

@@ -1,0 +1,232 @@
+"""The ``lesion`` command line: thin click commands over the library.
+
+Heavy modules (numpy, PIL, torch) are imported inside the commands so that ``lesion --help``
+stays fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from deeplesion_cli import __version__
+
+#: Exit code for bad input (rows, images, files); click uses 2 for bad options too.
+EXIT_BAD_INPUT = 2
+
+
+class InputError(click.ClickException):
+    """Bad input data: printed without a traceback, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _warn(message: str) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lesion")
+def main() -> None:
+    """Benchmark CT lesion detectors on NIH DeepLesion under one protocol.
+
+    \b
+    A whole path, without the 221 GB download:
+      lesion synth data/synth                      # DeepLesion-format synthetic set
+      lesion prepare data/synth data/prepared      # 8-bit images, COCO, darknet files
+      lesion demo                                  # both, into ./lesion-demo
+    """
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--patients", default=24, show_default=True, type=click.IntRange(1, 9999),
+              help="Number of synthetic patients (each has 1-4 studies).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Random seed: the same seed writes the same bytes.")
+@click.option("--size", "size_px", default=512, show_default=True, type=click.IntRange(64, 2048),
+              help="Image size in pixels of most slices (about 1% are 1.5 times larger).")
+@click.option("--newline", type=click.Choice(["crlf", "lf"]), default="crlf", show_default=True,
+              help="Line terminator of DL_info.csv.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes (default: all cores).")
+def synth(out: Path, patients: int, seed: int, size_px: int, newline: str, workers) -> None:
+    """Write a synthetic data set in DeepLesion's exact on-disk format.
+
+    OUT receives DL_info.csv (the real 18-column format) and Images_png/PPPPPP_SS_EE/KKK.png,
+    16-bit slices (HU + 32768) for every slice of every Slice_range block.
+
+    \b
+    Example:
+      lesion synth data/synth --patients 40 --seed 1
+    """
+    from deeplesion_cli.deeplesion.synth import synthesize
+
+    result = synthesize(out, patients=patients, seed=seed, size_px=size_px,
+                        newline="\r\n" if newline == "crlf" else "\n", workers=workers)
+    lesions = len(result.rows)
+    images = len({r.file_name for r in result.rows})
+    click.echo(f"wrote {result.csv_path} ({lesions} lesions on {images} key slices) and "
+               f"{result.n_png} slice PNGs under {Path(out) / 'Images_png'}")
+
+
+@main.command()
+@click.argument("deeplesion_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", type=click.Choice(["typed", "universal"]), default="typed",
+              show_default=True,
+              help="typed: the 8 coarse lesion types (rows of type -1 left out); universal: one "
+                   "class 'lesion', all rows (the official DeepLesion task).")
+@click.option("--split", type=click.Choice(["official", "patient"]), default=None,
+              help="official: the CSV's Train_Val_Test; patient: a seeded patient-level split "
+                   "stratified by type. Default: patient for --task typed (the official train "
+                   "rows have no types), official for --task universal.")
+@click.option("--ratios", default="0.7,0.15,0.15", show_default=True,
+              help="train,val,test shares for --split patient.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of --split patient.")
+@click.option("--window", "windows", multiple=True, metavar="LO,HI|dicom",
+              help="HU window to 8 bits (default -1024,3071). 'dicom' uses each row's "
+                   "DICOM_windows. Give three to stack them as RGB channels.")
+@click.option("--context", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="3: key slice and its neighbours as RGB (the key slice stands in for a "
+                   "missing neighbour).")
+@click.option("--spacing", "spacing_mm", type=float, default=None, metavar="MM",
+              help="Resample every image to this pixel spacing in mm (boxes scaled with it).")
+@click.option("--keep-noisy", is_flag=True, help="Keep rows flagged Possibly_noisy.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Prepare the valid rows and list every rejected row in rejected.csv "
+                   "(default: stop before writing anything).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def prepare(deeplesion_dir: Path, out: Path, task, split, ratios, seed, windows, context,
+            spacing_mm, keep_noisy, skip_invalid, workers, as_json) -> None:
+    """Turn DL_info.csv + Images_png into a prepared folder.
+
+    Writes windowed 8-bit images with darknet labels beside them (train/, val/, test/), COCO
+    json per split (coco/), train.txt/valid.txt/test.txt, obj.names, obj.data, data.yaml and
+    manifest.json. Boxes are 0-based: the CSV's 1-based values minus 1, as the official code.
+    Re-running with the same inputs does nothing; an interrupted run, re-run, finishes the job.
+
+    \b
+    Examples:
+      lesion prepare DeepLesion/ prepared/
+      lesion prepare DeepLesion/ prepared-u/ --task universal --split official
+      lesion prepare DeepLesion/ prepared-3w/ --window -1024,3071 --window -175,275 --window -1500,500
+    """
+    from deeplesion_cli.deeplesion import hu, schema, splits
+    from deeplesion_cli.prepare import PrepareInputError, PrepareOptions, parse_window
+    from deeplesion_cli.prepare import prepare as run_prepare
+
+    try:
+        parsed_windows = tuple(parse_window(w) for w in windows) or (hu.DEFAULT_WINDOW_HU,)
+        options = PrepareOptions(
+            task=task, split=split, ratios=splits.parse_ratios(ratios), seed=seed,
+            windows=parsed_windows, context=int(context), spacing_mm=spacing_mm,
+            keep_noisy=keep_noisy, skip_invalid=skip_invalid)
+        options.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        result = run_prepare(deeplesion_dir, out, options, workers=workers,
+                             show_progress=not as_json)
+    except (PrepareInputError, schema.SchemaError) as exc:
+        raise InputError(str(exc)) from None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    for warning in result.warnings:
+        _warn(warning)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result.manifest, indent=2))
+        return
+    _print_prepare_summary(result)
+
+
+def _print_prepare_summary(result) -> None:
+    from rich.table import Table
+
+    m = result.manifest
+    console = _console()
+    if result.up_to_date:
+        console.print(f"{result.out_dir} is up to date ({result.reused} images); nothing to do")
+    else:
+        console.print(f"prepared {result.out_dir}: {result.rendered} images rendered, "
+                      f"{result.reused} reused from an earlier run")
+    table = Table(title=f"task {m['options']['task']}, split {m['options']['split']}")
+    table.add_column("split")
+    table.add_column("patients", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("lesions", justify="right")
+    for name in m["classes"]:
+        table.add_column(name["name"], justify="right")
+    for split, c in m["counts"].items():
+        table.add_row(split, str(c["patients"]), str(c["images"]), str(c["lesions"]),
+                      *(str(c["per_class"][k["name"]]) for k in m["classes"]))
+    console.print(table)
+    rows = m["rows"]
+    console.print(f"rows: {rows['read']} read, {rows['used']} used, {rows['excluded_noisy']} "
+                  f"possibly noisy left out, {rows['excluded_untyped']} untyped left out, "
+                  f"{rows['rejected']} rejected, {rows['boxes_clipped']} boxes clipped at the edge")
+    if m["files"]["rejected"]:
+        console.print(f"rejected rows and reasons: {result.out_dir / m['files']['rejected']}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="lesion-demo")
+@click.option("--patients", default=12, show_default=True, type=click.IntRange(3, 9999),
+              help="Synthetic patients.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of synth and split.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes (default: all cores).")
+def demo(out: Path, patients: int, seed: int, workers) -> None:
+    """Run the toolkit end to end on synthetic data and say where everything is.
+
+    Today: synth -> prepare (typed task, patient split). Later steps (anchors, train, eval,
+    report) join as they land.
+
+    \b
+    Example:
+      lesion demo                # into ./lesion-demo
+      lesion demo /tmp/demo --patients 30
+    """
+    from deeplesion_cli.deeplesion.synth import synthesize
+    from deeplesion_cli.prepare import PrepareOptions
+    from deeplesion_cli.prepare import prepare as run_prepare
+
+    out = Path(out)
+    data_dir, prepared_dir = out / "deeplesion", out / "prepared"
+    click.echo(f"[1/2] lesion synth {data_dir} --patients {patients} --seed {seed}", err=True)
+    synthesized = synthesize(data_dir, patients=patients, seed=seed, workers=workers)
+    click.echo(f"[2/2] lesion prepare {data_dir} {prepared_dir}", err=True)
+    result = run_prepare(data_dir, prepared_dir, PrepareOptions(seed=seed), workers=workers)
+    for warning in result.warnings:
+        _warn(warning)
+    _print_prepare_summary(result)
+    click.echo("")
+    click.echo(f"synthetic DeepLesion : {data_dir}  ({len(synthesized.rows)} lesions, "
+               f"{synthesized.n_png} slice PNGs)")
+    click.echo(f"  DL_info.csv        : {synthesized.csv_path}")
+    click.echo(f"prepared folder      : {prepared_dir}")
+    click.echo(f"  COCO               : {prepared_dir / 'coco'}/{{train,val,test}}.json")
+    click.echo(f"  darknet            : {prepared_dir / 'obj.data'} (+ train.txt, valid.txt, "
+               f"obj.names; labels beside the images)")
+    click.echo(f"  Ultralytics        : {prepared_dir / 'data.yaml'}")
+    click.echo(f"  manifest           : {prepared_dir / 'manifest.json'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,78 @@
+"""Progress for long work: a rich bar (rate and ETA) on a terminal, plain log lines when piped.
+
+Everything goes to stderr so that stdout stays clean for results (``--json`` and the like).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """Count units of work; use as a context manager and call :meth:`advance`.
+
+    On a terminal a rich progress bar shows count, rate (``unit``/s) and ETA. Otherwise a plain
+    line ``<description>: 120/2000 images (6.0%), 41.2 images/s, ETA 45 s`` is printed at most
+    every ``interval_s`` seconds, plus one at the end.
+    """
+
+    def __init__(self, total: int, description: str, unit: str = "images",
+                 interval_s: float = 5.0, stream=None, enabled: bool = True):
+        self.total = int(total)
+        self.description = description
+        self.unit = unit
+        self.interval_s = interval_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.done = 0
+        self._rich = None
+        self._task = None
+        self._start = 0.0
+        self._last_print = 0.0
+
+    def __enter__(self) -> "Progress":
+        self._start = self._last_print = time.monotonic()
+        if self.enabled and self.total > 0 and getattr(self.stream, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TaskProgressColumn, TextColumn, TimeRemainingColumn)
+
+            self._rich = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                console=Console(file=self.stream), transient=False)
+            self._rich.start()
+            self._task = self._rich.add_task(self.description, total=self.total, rate="")
+        return self
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self._start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, advance=n, rate=f"{self.rate():.1f} {self.unit}/s")
+            return
+        now = time.monotonic()
+        if now - self._last_print >= self.interval_s:
+            self._last_print = now
+            self._line()
+
+    def _line(self) -> None:
+        rate = self.rate()
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta_text = f", ETA {eta:.0f} s" if self.done < self.total and rate > 0 else ""
+        print(f"{self.description}: {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
+              f"{rate:.1f} {self.unit}/s{eta_text}", file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+        elif self.enabled and self.total > 0 and exc[0] is None:
+            self._line()

@@ -1,0 +1,70 @@
+"""Shared fixtures. Real DL_info.csv rows come from ../shared/reference/deeplesion/ (beside the
+repository, as in CI); pixel data is always made here, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deeplesion_cli.deeplesion import hu, schema
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO.parent / "shared" / "reference" / "deeplesion"
+REAL_CSVS = ("DL_info_head693.csv", "DL_info_p89-100.csv")
+
+
+def real_csv(name: str) -> Path:
+    path = REFERENCE_DIR / name
+    assert path.is_file(), f"reference rows missing: {path} (shared/ must sit beside the repo)"
+    return path
+
+
+def write_dataset(root: Path, rows: list[schema.LesionRow], newline: str = "\r\n",
+                  neighbours: bool = False) -> Path:
+    """A DeepLesion-format folder for ``rows``: DL_info.csv and, for each key slice, a 16-bit PNG
+    of the row's Image_size (air at -1000 HU, a 400 HU square inside each lesion's box)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "DL_info.csv").write_bytes(schema.format_csv(rows, newline))
+    by_file: dict[str, list[schema.LesionRow]] = {}
+    for r in rows:
+        by_file.setdefault(r.file_name, []).append(r)
+    images = root / "Images_png"
+    for group in by_file.values():
+        first = group[0]
+        width, height = first.image_size_px
+        slice_hu = np.full((height, width), -1000.0)
+        for r in group:
+            x1, y1, x2, y2 = (int(round(v)) for v in r.box_xyxy_px0())
+            slice_hu[max(y1, 0):y2 + 1, max(x1, 0):x2 + 1] = 400.0
+        ks = [first.key_slice_index]
+        if neighbours:
+            ks += [k for k in (first.key_slice_index - 1, first.key_slice_index + 1)
+                   if first.slice_range[0] <= k <= first.slice_range[1]]
+        for k in ks:
+            path = first.slice_path(images, k)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            offset = 100.0 * (k - first.key_slice_index)  # neighbours are told apart by HU
+            hu.write_png_u16(path, hu.hu_to_png_u16(slice_hu + offset))
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_rows() -> list[schema.LesionRow]:
+    rows = []
+    for name in REAL_CSVS:
+        parsed, errors = schema.read_csv(real_csv(name))
+        assert errors == []
+        rows += parsed
+    return rows
+
+
+@pytest.fixture(scope="session")
+def synth_set(tmp_path_factory):
+    """A small synthetic DeepLesion (patients=10, 128 px), made once per test session."""
+    from deeplesion_cli.deeplesion.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "deeplesion"
+    result = synthesize(root, patients=10, seed=7, size_px=128, workers=2, show_progress=False)
+    return root, result
