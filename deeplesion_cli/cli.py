@@ -43,7 +43,7 @@ def main() -> None:
     """Benchmark CT lesion detectors on NIH DeepLesion under one protocol.
 
     \b
-    A whole path, without the 221 GB download:
+    Examples (a whole path, without the 221 GB download):
       lesion synth data/synth                      # DeepLesion-format synthetic set
       lesion prepare data/synth data/prepared      # 8-bit images, COCO, darknet files
       lesion demo                                  # both, into ./lesion-demo

@@ -1,0 +1,70 @@
+"""The command line through click's CliRunner and as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from deeplesion_cli.cli import main
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from deeplesion_cli.cli import main\n"
+        "for args in (['--help'], ['prepare', '--help'], ['synth', '--help'], ['demo', '--help']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "    assert 'Example' in result.output, args\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))\n"
+        "print(len(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "deeplesion_cli", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith("lesion, version ")
+
+
+def test_synth_then_prepare_json_through_the_cli(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", str(tmp_path / "dl"), "--patients", "4", "--size", "96",
+                                  "--workers", "1", "--newline", "lf"])
+    assert result.exit_code == 0, result.output
+    assert b"\r\n" not in (tmp_path / "dl" / "DL_info.csv").read_bytes()
+    result = runner.invoke(main, ["prepare", str(tmp_path / "dl"), str(tmp_path / "p"),
+                                  "--task", "universal", "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest == json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["options"]["split"] == "official"
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    (tmp_path / "dl").mkdir()
+    runner = CliRunner()
+    for args, message in [
+        (["--window", "300,100"], "LO must be below HI"),
+        (["--window", "-1024,3071", "--window", "-175,275"], "give one window or three"),
+        (["--context", "3", "--window", "a,b"], "expected LO,HI"),
+        (["--ratios", "0.5,0.5"], "three non-negative numbers"),
+    ]:
+        result = runner.invoke(main, ["prepare", str(tmp_path / "dl"), str(tmp_path / "o"), *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    result = runner.invoke(main, ["prepare", str(tmp_path / "dl"), str(tmp_path / "o")])
+    assert result.exit_code == 2 and "DL_info.csv: not found" in result.output
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / "demo"), "--patients", "3",
+                                       "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "prepared" / "manifest.json").is_file()
+    assert "obj.data" in result.output and "coco" in result.output
