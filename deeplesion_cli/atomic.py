@@ -14,9 +14,21 @@ from pathlib import Path
 TEMP_SUFFIX = ".tmp"
 
 
+def _umask_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: tempfile creates files 0600; the renamed file gets what a plain open() would have given.
+FILE_MODE = _umask_file_mode()
+
+
 def _temp_for(path: Path):
-    return tempfile.NamedTemporaryFile(
+    tmp = tempfile.NamedTemporaryFile(
         dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX, delete=False)
+    os.fchmod(tmp.fileno(), FILE_MODE)
+    return tmp
 
 
 def write_bytes(path: Path, data: bytes) -> None:

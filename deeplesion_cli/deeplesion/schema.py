@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 HEADER = (
@@ -52,7 +53,7 @@ UNLABELLED_TYPE = -1
 SPLIT_CODES = {1: "train", 2: "val", 3: "test"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LesionRow:
     """One row of DL_info.csv (one lesion), with the CSV's own units and 1-based pixel coordinates.
 
@@ -107,6 +108,19 @@ class LesionRow:
         """Path of slice ``slice_index`` (1-based) of this row's series under ``Images_png``."""
         return images_dir / self.series_dir / f"{slice_index:03d}.png"
 
+    def _content(self) -> tuple:
+        # row/line are positions, not content; a NaN age becomes None because NaN != NaN.
+        return tuple(None if f.name == "age_years" and math.isnan(self.age_years)
+                     else getattr(self, f.name) for f in fields(self) if f.compare)
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._content() == other._content()
+
+    def __hash__(self) -> int:
+        return hash(self._content())
+
     def box_xyxy_px0(self) -> tuple[float, float, float, float]:
         """The box in 0-based pixel coordinates (CSV value - 1), as the official loaders use it."""
         x1, y1, x2, y2 = self.box_xyxy_px
@@ -140,8 +154,8 @@ def format_number(value: float) -> str:
     """Format one number as DL_info.csv does: C ``%g`` (6 significant digits), ``NaN`` for NaN."""
     if isinstance(value, float) and math.isnan(value):
         return "NaN"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
     text = "%g" % value
     return "0" if text == "-0" else text
 
