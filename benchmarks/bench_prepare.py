@@ -38,7 +38,7 @@ def ensure_data(work: Path, images: int, size_px: int, workers: int) -> Path:
     root = work / "deeplesion"
     if (root / "DL_info.csv").is_file() and len(key_slices(root)) >= images:
         return root
-    patients = max(10, images // 4)
+    patients = max(10, images // 6)  # about 7.5 key images per synthetic patient
     while True:
         print(f"synthesizing {patients} patients into {root} ...", flush=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -68,3 +68,28 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "prepared" / "manifest.json").is_file()
     assert "obj.data" in result.output and "coco" in result.output
+
+
+def test_darknet_unsafe_output_path_is_warned_about(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["synth", str(tmp_path / "dl"), "--patients", "3", "--size", "64",
+                                "--workers", "1"]).exit_code == 0
+    result = runner.invoke(main, ["prepare", str(tmp_path / "dl"), str(tmp_path / "raw" / "p"),
+                                  "--task", "universal", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "contains 'raw'" in result.stderr and "wrong place" in result.stderr
+
+
+def test_progress_prints_plain_lines_when_piped():
+    import io
+
+    from deeplesion_cli.progress import Progress
+
+    stream = io.StringIO()
+    with Progress(4, "prepare", unit="images", interval_s=0.0, stream=stream) as progress:
+        for _ in range(4):
+            progress.advance()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("prepare: 1/4 images (25.0%), ") and "images/s, ETA" in lines[0]
+    assert lines[-1].startswith("prepare: 4/4 images (100.0%)") and "ETA" not in lines[-1]
+    assert "\x1b" not in stream.getvalue()  # no terminal control codes in a log

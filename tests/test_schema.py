@@ -116,3 +116,12 @@ def test_wrong_header_is_a_schema_error():
         schema.parse_text("a,b,c\n1,2,3\n", source="x.csv")
     with pytest.raises(schema.SchemaError, match="empty"):
         schema.parse_text("")
+
+
+def test_rows_with_nan_age_compare_equal_after_pickling(real_rows):
+    import pickle
+
+    row = next(r for r in real_rows if math.isnan(r.age_years))
+    copy = pickle.loads(pickle.dumps(row))
+    assert copy is not row and copy == row and hash(copy) == hash(row)
+    assert copy != real_rows[0]
