@@ -1,0 +1,1 @@
+"""One evaluator for every backend: COCO, VOC, darknet-compatible and DeepLesion FROC metrics."""
