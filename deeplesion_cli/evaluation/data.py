@@ -32,8 +32,8 @@ class GroundTruth:
     ``patient_index``), for patient-level bootstrap. ``categories``: (id, name) in file order.
     Per annotation (n_gt,): ``image`` index, ``category`` id, ``box_xywh`` (n_gt, 4) px,
     ``area`` (the annotation's ``area`` field, which COCO's area ranges use), ``iscrowd`` bool,
-    ``diameter_mm`` long RECIST diameter in mm (NaN when absent), ``lesion_type`` (DeepLesion code,
-    or the category id when absent).
+    ``diameter_mm`` long RECIST diameter in mm (NaN when absent), ``lesion_type`` (DeepLesion
+    code 1..8 or -1, 0 when the file has no ``lesion_type``).
     """
 
     source: str
@@ -51,6 +51,7 @@ class GroundTruth:
     lesion_type: np.ndarray
     image_index_of_id: dict[int, int] = field(default_factory=dict, repr=False)
     image_index_of_name: dict[str, int] = field(default_factory=dict, repr=False)
+    ambiguous_names: set[str] = field(default_factory=set, repr=False)
 
     @property
     def n_images(self) -> int:
@@ -60,9 +61,6 @@ class GroundTruth:
     def category_ids(self) -> list[int]:
         return [c for c, _ in self.categories]
 
-    def category_name(self, category_id: int) -> str:
-        return dict(self.categories)[category_id]
-
     def subset(self, keep: np.ndarray) -> "GroundTruth":
         """The same images and categories with only the annotations where ``keep`` is True."""
         return GroundTruth(
@@ -70,7 +68,7 @@ class GroundTruth:
             self.categories,
             self.image[keep], self.category[keep], self.box_xywh[keep], self.area[keep],
             self.iscrowd[keep], self.diameter_mm[keep], self.lesion_type[keep],
-            self.image_index_of_id, self.image_index_of_name)
+            self.image_index_of_id, self.image_index_of_name, self.ambiguous_names)
 
 
 @dataclass
@@ -137,11 +135,14 @@ def ground_truth_from_dict(document: dict, source: str = "<ground truth>") -> Gr
     sizes = np.asarray([[images[i].get("width", 0), images[i].get("height", 0)] for i in order],
                        dtype=np.float64).reshape(-1, 2)
     index_of_id = {int(v): k for k, v in enumerate(image_ids)}
-    index_of_name = {}
+    # File name, basename and stem all find an image, unless two images share one of them:
+    # such a key would match silently the wrong image, so it is left out (and remembered).
+    owners: dict[str, set[int]] = {}
     for k, name in enumerate(names):
-        index_of_name.setdefault(name, k)
-        index_of_name.setdefault(Path(name).name, k)
-        index_of_name.setdefault(Path(name).stem, k)
+        for key in (name, Path(name).name, Path(name).stem):
+            owners.setdefault(key, set()).add(k)
+    index_of_name = {key: next(iter(ks)) for key, ks in owners.items() if len(ks) == 1}
+    ambiguous = {key for key, ks in owners.items() if len(ks) > 1}
     cats = []
     for i, c in enumerate(categories):
         if not isinstance(c, dict) or "id" not in c:
@@ -178,6 +179,6 @@ def ground_truth_from_dict(document: dict, source: str = "<ground truth>") -> Gr
         d = a.get("recist_diameters_mm")
         if isinstance(d, list) and d:
             diameter[i] = float(d[0])
-        lesion_type[i] = int(a.get("lesion_type", a["category_id"]))
+        lesion_type[i] = int(a.get("lesion_type", 0))
     return GroundTruth(source, image_ids, names, sizes, patients, cats, image, category, box, area,
-                       iscrowd, diameter, lesion_type, index_of_id, index_of_name)
+                       iscrowd, diameter, lesion_type, index_of_id, index_of_name, ambiguous)
