@@ -185,6 +185,103 @@ def _print_prepare_summary(result) -> None:
         console.print(f"rejected rows and reasons: {result.out_dir / m['files']['rejected']}")
 
 
+def _parse_preds(positional, named) -> dict[str, Path]:
+    runs: dict[str, Path] = {}
+    for item in named:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise click.UsageError(f"--pred {item!r}: expected NAME=FILE, e.g. frcnn=dets.json")
+        runs[name] = Path(file)
+    for file in positional:
+        name = Path(file).stem
+        while name in runs:
+            name += "_"
+        runs[name] = Path(file)
+    if not runs:
+        raise click.UsageError("no detections: give a file, or --pred NAME=FILE (repeatable)")
+    return runs
+
+
+@main.command("eval")
+@click.argument("ground_truth", type=click.Path(exists=True, path_type=Path))
+@click.argument("predictions", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--pred", "named_preds", multiple=True, metavar="NAME=FILE",
+              help="A run to score, named; repeat for a side-by-side table.")
+@click.option("--pred-format", type=click.Choice(["auto", "coco", "darknet-json",
+                                                  "darknet-valid"]), default="auto",
+              show_default=True, help="Detection file format (auto-detected by default).")
+@click.option("--names", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="obj.names mapping darknet class ids to names (default: the prepared "
+                   "folder's, when GROUND_TRUTH is one).")
+@click.option("--split", default="test", show_default=True,
+              help="Split to score when GROUND_TRUTH is a prepared folder.")
+@click.option("--iou", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="IoU of VOC, darknet, seed-protocol and at-score metrics (seed study: 0.21).")
+@click.option("--score", default=0.25, show_default=True, type=float,
+              help="Score threshold of precision/recall/F1, confusion matrix and box sizes.")
+@click.option("--froc-strict", is_flag=True,
+              help="Also report the strict FROC variant (plain IoU, duplicates are FPs).")
+@click.option("--bootstrap", default=0, show_default=True, type=click.IntRange(0),
+              help="Patient-level resamples for 95% intervals (and the paired difference).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write metrics.json, per_class.csv, summary.md and PNG plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
+def eval_(ground_truth, predictions, named_preds, pred_format, names, split, iou, score,
+          froc_strict, bootstrap, seed, out_dir, as_json) -> None:
+    """Score detections of any backend against COCO ground truth, side by side.
+
+    GROUND_TRUTH is a COCO json (e.g. prepared/coco/test.json) or a prepared folder (its
+    --split is used). Detections: COCO results json (lesion predict), darknet `detector test
+    -out` json, or darknet `detector valid` comp4 files; image names and class names are
+    matched to the ground truth, and anything unknown is an error, never dropped.
+
+    \b
+    Examples:
+      lesion eval prepared/ frcnn.json
+      lesion eval prepared/coco/test.json --pred frcnn=frcnn.json --pred yolo=result.json --out cmp/
+      lesion eval prepared/ --pred yolo=results/ --pred-format darknet-valid --bootstrap 1000
+    """
+    from deeplesion_cli.evaluation.data import EvalInputError, load_ground_truth
+    from deeplesion_cli.evaluation.evaluate import EvalOptions, evaluate_runs
+    from deeplesion_cli.evaluation.outputs import resolve_ground_truth, write_outputs
+    from deeplesion_cli.formats.detections import read_detections, read_names
+
+    files = _parse_preds(predictions, named_preds)
+    options = EvalOptions(iou=iou, score=score, froc_strict=froc_strict, bootstrap=bootstrap,
+                          seed=seed)
+    try:
+        gt_path, default_names = resolve_ground_truth(ground_truth, split)
+        gt = load_ground_truth(gt_path)
+        names_path = names or default_names
+        class_names = read_names(names_path) if names_path else None
+        fmt = None if pred_format == "auto" else pred_format
+        runs = {name: read_detections(file, gt, fmt=fmt, names=class_names)
+                for name, file in files.items()}
+    except EvalInputError as exc:
+        raise InputError(str(exc)) from None
+    document = evaluate_runs(gt, runs, options, ground_truth_path=str(gt_path))
+    if out_dir:
+        written = write_outputs(document, out_dir)
+        click.echo(f"wrote {len(written)} files to {out_dir}", err=True)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(document, indent=1))
+        return
+    from rich.table import Table
+
+    from deeplesion_cli.report.tables import summary_rows
+
+    header, rows = summary_rows(document)
+    table = Table(title=f"{gt_path} ({gt.n_images} images, {len(gt.image)} boxes)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="lesion-demo")
 @click.option("--patients", default=12, show_default=True, type=click.IntRange(3, 9999),

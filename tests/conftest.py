@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from deeplesion_cli.deeplesion import hu, schema
+from deeplesion_cli.evaluation.data import Detections, ground_truth_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO.parent / "shared" / "reference" / "deeplesion"
@@ -68,3 +69,24 @@ def synth_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth") / "deeplesion"
     result = synthesize(root, patients=10, seed=7, size_px=128, workers=2, show_progress=False)
     return root, result
+
+
+# ---- small evaluation inputs, built by hand
+
+def make_gt(n_images, anns, cats=((1, "a"),)):
+    """``anns``: (image id = index, category id, [x, y, w, h])."""
+    return ground_truth_from_dict({
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 512, "height": 512}
+                   for i in range(n_images)],
+        "annotations": [{"id": k + 1, "image_id": im, "category_id": c, "bbox": list(b)}
+                        for k, (im, c, b) in enumerate(anns)],
+        "categories": [{"id": c, "name": n} for c, n in cats]})
+
+
+def make_dets(rows):
+    """``rows``: (image index, category id, [x, y, w, h], score), in file order."""
+    if not rows:
+        return Detections.empty()
+    im, cat, box, score = zip(*rows)
+    return Detections("<test>", np.asarray(im, np.int64), np.asarray(cat, np.int64),
+                      np.asarray(box, np.float64).reshape(-1, 4), np.asarray(score, np.float64))

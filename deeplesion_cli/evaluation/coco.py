@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from deeplesion_cli.evaluation.data import Detections, GroundTruth
+from deeplesion_cli.evaluation.iou import paired_iou_xywh
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -40,18 +41,6 @@ AREA_RANGES = {"all": (0.0, 1e5 ** 2), "small": (0.0, 32.0 ** 2), "medium": (32.
                "large": (96.0 ** 2, 1e5 ** 2)}
 #: metrics.json keys, in pycocotools' ``stats`` order.
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def _paired_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """Element-wise IoU of aligned rows of ``d`` and ``g`` (n, 4) xywh, pycocotools' float order."""
-    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
-    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
-    inter = w * h
-    da = d[:, 2] * d[:, 3]
-    union = np.where(crowd, da, da + g[:, 2] * g[:, 3] - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-    return np.where((w > 0) & (h > 0), iou, 0.0)
 
 
 def _segment_last_argmax(values: np.ndarray, starts: np.ndarray, seg_of: np.ndarray,
@@ -121,7 +110,7 @@ def evaluate(gt: GroundTruth, dets: Detections, iou_thresholds=IOU_THRESHOLDS,
     pair_det = np.repeat(np.arange(n_det), per_det)
     offsets = np.arange(len(pair_det)) - np.repeat(np.cumsum(per_det) - per_det, per_det)
     pair_gt = np.repeat(g_start[d_group], per_det) + offsets
-    pair_iou = _paired_iou(d_box[pair_det], g_box[pair_gt], g_crowd[pair_gt])
+    pair_iou = paired_iou_xywh(d_box[pair_det], g_box[pair_gt], g_crowd[pair_gt])
 
     # ---- greedy matching, one detection rank at a time for every group, area and threshold
     thresholds = np.minimum(iou_thresholds, 1 - 1e-10)

@@ -1,0 +1,1 @@
+"""Figures and tables from evaluations and training runs."""
