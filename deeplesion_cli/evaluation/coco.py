@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deeplesion_cli.evaluation.arrays import concat_ranges
 from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.iou import paired_iou_xywh
 
@@ -108,8 +109,7 @@ def evaluate(gt: GroundTruth, dets: Detections, iou_thresholds=IOU_THRESHOLDS,
     g_count = np.searchsorted(g_group_sorted, np.arange(n_groups), side="right") - g_start
     per_det = g_count[d_group]
     pair_det = np.repeat(np.arange(n_det), per_det)
-    offsets = np.arange(len(pair_det)) - np.repeat(np.cumsum(per_det) - per_det, per_det)
-    pair_gt = np.repeat(g_start[d_group], per_det) + offsets
+    pair_gt = concat_ranges(g_start[d_group], per_det)
     pair_iou = paired_iou_xywh(d_box[pair_det], g_box[pair_gt], g_crowd[pair_gt])
 
     # ---- greedy matching, one detection rank at a time for every group, area and threshold

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from deeplesion_cli import __version__
-from deeplesion_cli.evaluation import boxstats, coco, confusion, froc, seed, threshold, voc
 from deeplesion_cli.deeplesion.schema import LESION_TYPES
+from deeplesion_cli.evaluation import boxstats, coco, confusion, froc, seed, threshold, voc
+from deeplesion_cli.evaluation.arrays import concat_ranges
 from deeplesion_cli.evaluation.data import Detections, GroundTruth
 
 #: Long-diameter bins in mm of the DeepLesion papers' size analysis (upper ends exclusive).
@@ -126,9 +127,11 @@ def strata(gt: GroundTruth, dets: Detections, options: EvalOptions) -> dict:
 def resample(gt: GroundTruth, dets: Detections, patients: np.ndarray) -> tuple[GroundTruth, Detections]:
     """The ground truth and detections of the images of ``patients`` (with repeats): a patient
     drawn twice contributes its images twice, as distinct images."""
-    unique_patients, patient_of_image = np.unique(gt.image_patients, return_inverse=True)
-    images_of = [np.flatnonzero(patient_of_image == p) for p in range(len(unique_patients))]
-    chosen = np.concatenate([images_of[p] for p in patients]) if len(patients) else np.zeros(0, int)
+    _, patient_of_image = np.unique(gt.image_patients, return_inverse=True)
+    by_patient = np.argsort(patient_of_image, kind="stable")
+    counts = np.bincount(patient_of_image)
+    starts = np.cumsum(counts) - counts
+    chosen = by_patient[concat_ranges(starts[patients], counts[patients])]
     new_index = np.arange(len(chosen))
     # For each original image, the list of its copies; build annotation/detection copies.
     order = np.argsort(chosen, kind="stable")
@@ -137,10 +140,8 @@ def resample(gt: GroundTruth, dets: Detections, patients: np.ndarray) -> tuple[G
     def copies(image: np.ndarray):
         lo = np.searchsorted(sorted_chosen, image, side="left")
         hi = np.searchsorted(sorted_chosen, image, side="right")
-        counts = hi - lo
-        item = np.repeat(np.arange(len(image)), counts)
-        offsets = np.arange(len(item)) - np.repeat(np.cumsum(counts) - counts, counts)
-        return item, new_index[order[np.repeat(lo, counts) + offsets]]
+        item = np.repeat(np.arange(len(image)), hi - lo)
+        return item, new_index[order[concat_ranges(lo, hi - lo)]]
 
     g_item, g_image = copies(gt.image)
     d_item, d_image = copies(dets.image)
