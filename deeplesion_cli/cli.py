@@ -30,7 +30,8 @@ class InputError(click.ClickException):
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Piped output has no terminal width; rich would assume 80 columns and cut table headers.
+    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _warn(message: str) -> None:
@@ -286,14 +287,14 @@ def eval_(ground_truth, predictions, named_preds, pred_format, names, split, iou
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="lesion-demo")
 @click.option("--patients", default=12, show_default=True, type=click.IntRange(3, 9999),
               help="Synthetic patients.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of synth and split.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic data.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: all cores).")
 def demo(out: Path, patients: int, seed: int, workers) -> None:
     """Run the toolkit end to end on synthetic data and say where everything is.
 
-    Today: synth -> prepare (typed task, patient split). Later steps (anchors, train, eval,
-    report) join as they land.
+    Today: synth -> prepare (universal task on the official split, the DeepLesion benchmark
+    setting). Later steps (anchors, train, eval, report) join as they land.
 
     \b
     Example:
@@ -309,7 +310,8 @@ def demo(out: Path, patients: int, seed: int, workers) -> None:
     click.echo(f"[1/2] lesion synth {data_dir} --patients {patients} --seed {seed}", err=True)
     synthesized = synthesize(data_dir, patients=patients, seed=seed, workers=workers)
     click.echo(f"[2/2] lesion prepare {data_dir} {prepared_dir}", err=True)
-    result = run_prepare(data_dir, prepared_dir, PrepareOptions(seed=seed), workers=workers)
+    result = run_prepare(data_dir, prepared_dir,
+                         PrepareOptions(task="universal", split="official"), workers=workers)
     for warning in result.warnings:
         _warn(warning)
     _print_prepare_summary(result)
