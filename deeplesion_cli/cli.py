@@ -186,6 +186,280 @@ def _print_prepare_summary(result) -> None:
         console.print(f"rejected rows and reasons: {result.out_dir / m['files']['rejected']}")
 
 
+def _read_manifest(prepared: Path) -> dict:
+    import json
+
+    path = Path(prepared) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        raise InputError(f"{path}: not found; PREPARED must be a folder written by lesion prepare")
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})")
+
+
+@main.command()
+@click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--clusters", default=9, show_default=True, type=click.IntRange(1, 100),
+              help="Number of anchors (darknet: 9 for yolov3/yolov4, 6 for the tiny models).")
+@click.option("--size", default="416", show_default=True, metavar="N|WxH",
+              help="Network input size the anchors are scaled to.")
+@click.option("--seed", default=0, show_default=True, type=int, help="k-means seed.")
+@click.option("--restarts", default=10, show_default=True, type=click.IntRange(1),
+              help="k-means restarts; the best mean IoU wins.")
+@click.option("--split", default="train", show_default=True, help="Split whose boxes are used.")
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="anchors.json to write (default: PREPARED/anchors.json).")
+def anchors(prepared: Path, clusters: int, size: str, seed: int, restarts: int, split: str,
+            out_path) -> None:
+    """Compute k-means anchors (distance 1 - IoU) from the training boxes.
+
+    Prints darknet's `anchors=` line (sorted by area, at the network size), the mean IoU of each
+    box with its best anchor and the share above 0.5; writes anchors.json, which `lesion cfg
+    --anchors` and `lesion train frcnn --anchors` read.
+
+    \b
+    Examples:
+      lesion anchors prepared/ --clusters 9 --size 416
+      lesion anchors prepared/ --clusters 6 --size 608x416 -o anchors-tiny.json
+    """
+    from deeplesion_cli import anchors as anchors_lib
+
+    try:
+        network_size = anchors_lib.parse_size(size)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        result = anchors_lib.compute_anchors(prepared, clusters=clusters, size=network_size,
+                                             seed=seed, restarts=restarts, split=split)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    out_path = out_path or Path(prepared) / "anchors.json"
+    anchors_lib.write_anchors_json(out_path, result)
+    click.echo(anchors_lib.darknet_anchor_line(result))
+    click.echo(f"mean IoU {result.mean_iou:.4f}, boxes with IoU >= 0.5: "
+               f"{result.recall_at_05:.1%} ({result.n_boxes} boxes, {clusters} clusters, "
+               f"{network_size[0]}x{network_size[1]})")
+    click.echo(f"wrote {out_path}", err=True)
+
+
+@main.command("cfg")
+@click.argument("prepared", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--arch", type=click.Choice(["yolov4", "yolov4-tiny", "yolov3", "yolov3-tiny"]),
+              help="Network to write.")
+@click.option("--size", default="416", show_default=True, metavar="N|WxH",
+              help="Network input size (multiples of 32).")
+@click.option("--anchors", "anchors_json", type=click.Path(exists=True, dir_okay=False,
+                                                           path_type=Path),
+              help="anchors.json from `lesion anchors` (default: the arch's stock anchors).")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--subdivisions", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--max-batches", type=click.IntRange(1), default=None,
+              help="Default: max(2000 x classes, training images, 6000).")
+@click.option("--lr", "learning_rate", type=float, default=None,
+              help="Learning rate (default: the stock cfg's).")
+@click.option("--small-objects", is_flag=True,
+              help="yolov4: first head at stride 4 (darknet README's small-object change).")
+@click.option("--mosaic", is_flag=True, help="Mosaic augmentation (needs darknet with OpenCV).")
+@click.option("--flip", is_flag=True,
+              help="Allow horizontal flips (off by default: laterality matters in CT).")
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="cfg file to write.")
+@click.option("--check", "check_path", type=click.Path(exists=True, dir_okay=False,
+                                                       path_type=Path),
+              help="Check an existing cfg instead of writing one.")
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --check: obj.data whose classes the cfg must match.")
+def cfg_(prepared, arch, size, anchors_json, batch, subdivisions, max_batches, learning_rate,
+         small_objects, mosaic, flip, out_path, check_path, data_path) -> None:
+    """Write a darknet .cfg for a prepared folder, or check any cfg.
+
+    Writing follows darknet's rules: classes in every [yolo], filters = (classes + 5) x masks
+    before it, anchors (masks re-split by size when custom), width/height multiples of 32,
+    max_batches = max(2000 x classes, training images, 6000), steps at 80% and 90%, flip=0,
+    mosaic=0; the result is checked before it is written. --check reports every inconsistency
+    with its line number (exit code 2 on errors).
+
+    \b
+    Examples:
+      lesion cfg prepared/ --arch yolov4-tiny --size 416 --anchors prepared/anchors.json -o yolo.cfg
+      lesion cfg prepared/ --arch yolov3-tiny --size 128 --batch 8 --subdivisions 1 -o tiny.cfg
+      lesion cfg --check yolo.cfg --data prepared/obj.data
+    """
+    from deeplesion_cli import atomic
+    from deeplesion_cli.darknet.cfg import check_cfg, errors, parse_cfg
+
+    if check_path:
+        data_classes = None
+        if data_path:
+            import re
+
+            found = re.search(r"^\s*classes\s*=\s*(\d+)", data_path.read_text(), re.M)
+            if not found:
+                raise InputError(f"{data_path}: no 'classes = N' line")
+            data_classes = int(found.group(1))
+        problems = check_cfg(parse_cfg(check_path.read_text(), str(check_path)),
+                             data_classes=data_classes)
+        for problem in problems:
+            click.echo(f"{check_path}:{problem}")
+        bad = errors(problems)
+        click.echo(f"{check_path}: {len(bad)} error(s), {len(problems) - len(bad)} warning(s)",
+                   err=True)
+        if bad:
+            raise SystemExit(EXIT_BAD_INPUT)
+        return
+    if prepared is None or arch is None or out_path is None:
+        raise click.UsageError("writing a cfg needs PREPARED, --arch and -o "
+                               "(or use --check FILE)")
+    import json
+
+    from deeplesion_cli.anchors import parse_size
+    from deeplesion_cli.darknet.generate import generate_cfg
+
+    manifest = _read_manifest(prepared)
+    try:
+        network_size = parse_size(size)
+        anchors_px = None
+        if anchors_json:
+            anchors_px = json.loads(anchors_json.read_text())["anchors"]
+        text = generate_cfg(
+            arch, classes=len(manifest["classes"]), size=network_size, anchors_px=anchors_px,
+            batch=batch, subdivisions=subdivisions, max_batches=max_batches,
+            n_train_images=manifest["counts"]["train"]["images"], small_objects=small_objects,
+            mosaic=mosaic, flip=flip, learning_rate=learning_rate)
+    except (ValueError, KeyError) as exc:
+        raise click.UsageError(str(exc)) from None
+    atomic.write_text(out_path, text)
+    cfg = parse_cfg(text, str(out_path))
+    net = cfg.net
+    yolos = cfg.of_type("yolo")
+    click.echo(f"wrote {out_path}: {arch} {net.options['width']}x{net.options['height']}, "
+               f"{len(manifest['classes'])} classes, {len(yolos)} [yolo] layers, "
+               f"max_batches={net.options['max_batches']}, steps={net.options['steps']}")
+
+
+class RunFailed(click.ClickException):
+    """A tool we drove (darknet) failed: printed without a traceback, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _darknet_errors(call):
+    """Run ``call()`` turning darknet errors into clean CLI errors."""
+    from deeplesion_cli.darknet.runner import (DarknetError, DarknetInputError,
+                                               DarknetNotFound, DarknetRunError)
+
+    try:
+        return call()
+    except (DarknetNotFound, DarknetInputError) as exc:
+        raise InputError(str(exc)) from None
+    except DarknetRunError as exc:
+        raise RunFailed(str(exc)) from None
+    except DarknetError as exc:
+        raise InputError(str(exc)) from None
+
+
+@main.group()
+def train() -> None:
+    """Train a detector on a prepared folder.
+
+    \b
+    Example:
+      lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo
+    """
+
+
+@train.command("yolo")
+@click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cfg", "cfg_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="darknet cfg (e.g. from `lesion cfg`).")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: darknet.log, metrics.csv, backup/ with the weights.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Initial weights, e.g. a pretrained backbone (yolov4.conv.137).")
+@click.option("--darknet", "darknet_bin", default=None,
+              help="darknet binary (default: $DARKNET, then `darknet` on PATH).")
+@click.option("--gpus", default=None, help="GPU ids for darknet, e.g. 0,1.")
+@click.option("--map", "with_map", is_flag=True,
+              help="Compute mAP on the validation list while training (AlexeyAB/hank-ai).")
+@click.option("--resume", is_flag=True, help="Continue from the run's last saved weights.")
+def train_yolo(prepared, cfg_path, run_dir, weights, darknet_bin, gpus, with_map, resume) -> None:
+    """Train YOLO with the real darknet binary and log it like every other run.
+
+    Validates the images, labels and cfg first (darknet's exit codes cannot be trusted), runs
+    `darknet detector train` in RUN_DIR with only the flags the detected fork (pjreddie,
+    AlexeyAB, hank-ai) understands, parses its output into metrics.csv, and judges the outcome
+    itself: final weights written, last iteration reached, average loss finite.
+
+    \b
+    Examples:
+      lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo
+      lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo --weights yolov4.conv.137 --map
+      lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo --resume
+    """
+    from deeplesion_cli.darknet import runner
+
+    result = _darknet_errors(lambda: runner.train(
+        prepared, cfg_path, run_dir, weights=weights, darknet=darknet_bin, gpus=gpus,
+        map=with_map, resume=resume))
+    click.echo(f"trained {result.iterations} iterations with {result.fork} darknet in "
+               f"{result.seconds:.0f} s; final average loss {result.avg_loss:.4f}")
+    click.echo(f"weights: {result.final_weights}")
+    click.echo(f"metrics: {result.metrics_csv}  log: {result.log_path}")
+    for warning in result.warnings:
+        _warn(warning)
+
+
+@main.group()
+def predict() -> None:
+    """Write detections of a trained model as COCO results json.
+
+    \b
+    Example:
+      lesion predict yolo prepared/ --cfg yolo.cfg --weights runs/yolo/backup/yolo_final.weights -o yolo.json
+    """
+
+
+@predict.command("yolo")
+@click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cfg", "cfg_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--weights", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["train", "val", "test"]))
+@click.option("-o", "--out", "out_json", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="COCO results json to write.")
+@click.option("--thresh", default=0.005, show_default=True, type=float,
+              help="Score floor (low, so that AP sees the whole curve).")
+@click.option("--darknet", "darknet_bin", default=None,
+              help="darknet binary (default: $DARKNET, then `darknet` on PATH).")
+def predict_yolo(prepared, cfg_path, weights, split, out_json, thresh, darknet_bin) -> None:
+    """Run darknet over a split and write COCO results json for `lesion eval`.
+
+    pjreddie darknet: `detector valid` (its only machine-readable output); AlexeyAB/hank-ai:
+    `detector test -out`. Boxes are in the prepared images' pixels, as the COCO ground truth.
+
+    \b
+    Examples:
+      lesion predict yolo prepared/ --cfg yolo.cfg --weights runs/yolo/backup/yolo_final.weights -o yolo.json
+      lesion eval prepared/ yolo.json
+    """
+    from deeplesion_cli.darknet import runner
+
+    path = _darknet_errors(lambda: runner.predict(
+        prepared, cfg_path, weights, split=split, out_json=out_json, darknet=darknet_bin,
+        thresh=thresh))
+    import json
+
+    click.echo(f"wrote {len(json.loads(Path(path).read_text()))} detections to {path}")
+
+
 def _parse_preds(positional, named) -> dict[str, Path]:
     runs: dict[str, Path] = {}
     for item in named:

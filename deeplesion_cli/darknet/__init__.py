@@ -1,0 +1,7 @@
+"""darknet (pjreddie, AlexeyAB, hank-ai) support.
+
+* :mod:`.cfg`: parse, write back, size (layer shapes) and check ``.cfg`` files, with line numbers.
+* :mod:`.generate`: training cfgs for yolov4, yolov4-tiny, yolov3 and yolov3-tiny from the
+  templates in ``darknet_cfg/``.
+* :mod:`.log`, :mod:`.runner`: running darknet and reading its console.
+"""

@@ -1,0 +1,83 @@
+"""The darknet path end to end through the CLI, with Debian's real darknet on CPU:
+lesion cfg -> lesion train yolo -> lesion predict yolo -> lesion eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from deeplesion_cli import runlog
+from deeplesion_cli.cli import main
+from deeplesion_cli.darknet.cfg import check_cfg, errors, parse_cfg
+from deeplesion_cli.evaluation.data import load_ground_truth
+from deeplesion_cli.formats.detections import read_detections
+
+ITERATIONS = 6
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("yolo_e2e")
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", str(base / "dl"), "--patients", "4", "--size", "128",
+                                  "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["prepare", str(base / "dl"), str(base / "prep"), "--task",
+                                  "universal", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    return base, base / "prep"
+
+
+@pytest.mark.darknet
+def test_cfg_train_predict_eval(prepared):
+    base, prep = prepared
+    runner = CliRunner()
+    cfg = base / "tiny.cfg"
+    result = runner.invoke(main, ["cfg", str(prep), "--arch", "yolov3-tiny", "--size", "128",
+                                  "--batch", "2", "--subdivisions", "1", "--max-batches",
+                                  str(ITERATIONS), "-o", str(cfg)])
+    assert result.exit_code == 0, result.output
+    parsed = parse_cfg(cfg.read_text())
+    assert errors(check_cfg(parsed, data_classes=1)) == []
+    assert [s.int("classes") for _, s in parsed.of_type("yolo")] == [1, 1]
+    assert runner.invoke(main, ["cfg", "--check", str(cfg), "--data",
+                                str(prep / "obj.data")]).exit_code == 0
+
+    run = base / "run"
+    result = runner.invoke(main, ["train", "yolo", str(prep), "--cfg", str(cfg), "--out",
+                                  str(run)])
+    assert result.exit_code == 0, result.output
+    weights = run / "backup" / "tiny_final.weights"
+    assert weights.is_file() and weights.stat().st_size > 1_000_000
+    rows = runlog.read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(1, ITERATIONS + 1))
+    assert all(r["loss"] is not None and r["loss"] >= 0 for r in rows)
+
+    dets = base / "yolo.json"
+    result = runner.invoke(main, ["predict", "yolo", str(prep), "--cfg", str(cfg), "--weights",
+                                  str(weights), "--split", "test", "-o", str(dets)])
+    assert result.exit_code == 0, result.output
+    gt = load_ground_truth(prep / "coco" / "test.json")
+    loaded = read_detections(dets, gt)  # valid COCO results for the test split
+    assert (loaded.box_xywh[:, 2:] >= 0).all() and (loaded.score >= 0.005).all()
+
+    result = runner.invoke(main, ["eval", str(prep), str(dets), "--json"])
+    assert result.exit_code == 0, result.output
+    block = json.loads(result.stdout)["runs"]["yolo"]
+    assert block["n_detections"] == len(loaded)
+    assert 0.0 <= block["coco"]["AP50"] <= 1.0
+
+
+def test_missing_darknet_binary_is_a_clear_error(prepared, tmp_path):
+    base, prep = prepared
+    cfg = tmp_path / "tiny.cfg"
+    assert CliRunner().invoke(main, ["cfg", str(prep), "--arch", "yolov3-tiny", "--size", "128",
+                                     "-o", str(cfg)]).exit_code == 0
+    result = CliRunner().invoke(main, ["train", "yolo", str(prep), "--cfg", str(cfg), "--out",
+                                       str(tmp_path / "run"), "--darknet",
+                                       str(tmp_path / "no-such-darknet")])
+    assert result.exit_code == 2
+    assert "no-such-darknet" in result.output and "apt-get install darknet" in result.output
+    assert "Traceback" not in result.output
