@@ -204,7 +204,8 @@ def _read_manifest(prepared: Path) -> dict:
               help="Number of anchors (darknet: 9 for yolov3/yolov4, 6 for the tiny models).")
 @click.option("--size", default="416", show_default=True, metavar="N|WxH",
               help="Network input size the anchors are scaled to.")
-@click.option("--seed", default=0, show_default=True, type=int, help="k-means seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
+              help="k-means seed.")
 @click.option("--restarts", default=10, show_default=True, type=click.IntRange(1),
               help="k-means restarts; the best mean IoU wins.")
 @click.option("--split", default="train", show_default=True, help="Split whose boxes are used.")

@@ -81,3 +81,28 @@ def test_missing_darknet_binary_is_a_clear_error(prepared, tmp_path):
     assert result.exit_code == 2
     assert "no-such-darknet" in result.output and "apt-get install darknet" in result.output
     assert "Traceback" not in result.output
+
+
+def test_anchors_command_feeds_cfg(prepared, tmp_path):
+    base, prep = prepared
+    out = tmp_path / "anchors.json"
+    result = CliRunner().invoke(main, ["anchors", str(prep), "--clusters", "6", "--size", "128",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["network_size"] == [128, 128] and len(document["anchors"]) == 6
+    areas = [w * h for w, h in document["anchors"]]
+    assert areas == sorted(areas)
+    line = result.output.splitlines()[0]
+    assert line.startswith("anchors = ") and len(line.split(",")) == 12
+    assert 0 < document["mean_iou"] <= 1
+    cfg = tmp_path / "tiny.cfg"
+    result = CliRunner().invoke(main, ["cfg", str(prep), "--arch", "yolov3-tiny", "--size", "128",
+                                       "--anchors", str(out), "-o", str(cfg)])
+    assert result.exit_code == 0, result.output
+    from deeplesion_cli.darknet.cfg import parse_cfg
+
+    yolo = [s for _, s in parse_cfg(cfg.read_text()).of_type("yolo")]
+    anchors = [float(v) for v in yolo[0].get("anchors").split(",")]
+    assert anchors == pytest.approx([v for wh in document["anchors"] for v in wh], abs=0.51)
+    assert sorted(i for s in yolo for i in s.ints("mask")) == list(range(6))
