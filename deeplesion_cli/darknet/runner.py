@@ -583,6 +583,19 @@ class RunOutcome:
     def last_iteration(self):
         return self.iterations[-1] if self.iterations else None
 
+    def record(self, line: str):
+        """Parse one clean log line into the matching list; return the event (or None)."""
+        event = dlog.parse_line(line)
+        if event is None:
+            if "Unused field" in line and len(self.warnings) < 100:
+                self.warnings.append(line.strip())
+            return None
+        bucket = {dlog.Iteration: self.iterations, dlog.MapResult: self.maps,
+                  dlog.Problem: self.problems, dlog.SavedWeights: self.saved}.get(type(event))
+        if bucket is not None:
+            bucket.append(event)
+        return event
+
 
 def _describe_returncode(rc: int) -> str:
     """Popen's return code in words (a signal is negative; a shell would show 128 + signal)."""
@@ -671,20 +684,8 @@ def _handle_line(line: str, outcome: RunOutcome, log, on_event, on_line) -> None
     outcome.tail.append(line)
     if on_line is not None:
         on_line(line)
-    event = dlog.parse_line(line)
-    if event is None:
-        if "Unused field" in line and len(outcome.warnings) < 100:
-            outcome.warnings.append(line.strip())
-        return
-    if isinstance(event, dlog.Iteration):
-        outcome.iterations.append(event)
-    elif isinstance(event, dlog.MapResult):
-        outcome.maps.append(event)
-    elif isinstance(event, dlog.Problem):
-        outcome.problems.append(event)
-    elif isinstance(event, dlog.SavedWeights):
-        outcome.saved.append(event)
-    if on_event is not None:
+    event = outcome.record(line)
+    if event is not None and on_event is not None:
         on_event(event)
 
 
@@ -763,15 +764,7 @@ def outcome_from_log(log_path, returncode: int = 0) -> RunOutcome:
             continue
         outcome.lines += 1
         outcome.tail.append(line)
-        event = dlog.parse_line(line)
-        if isinstance(event, dlog.Iteration):
-            outcome.iterations.append(event)
-        elif isinstance(event, dlog.MapResult):
-            outcome.maps.append(event)
-        elif isinstance(event, dlog.Problem):
-            outcome.problems.append(event)
-        elif isinstance(event, dlog.SavedWeights):
-            outcome.saved.append(event)
+        outcome.record(line)
     return outcome
 
 
