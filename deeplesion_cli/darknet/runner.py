@@ -51,6 +51,8 @@ from deeplesion_cli import atomic, runlog
 from deeplesion_cli.darknet import log as dlog
 from deeplesion_cli.darknet.cfg import Cfg, check_cfg, parse_cfg, pjreddie_problems
 from deeplesion_cli.darknet.cfg import errors as cfg_errors
+from deeplesion_cli.formats.detections import darknet_id
+from deeplesion_cli.formats.yolo import DARKNET_REWRITTEN_WORDS
 from deeplesion_cli.progress import Progress
 
 FORKS = ("pjreddie", "alexeyab", "hankai")
@@ -83,7 +85,6 @@ _PNG_COLOUR = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
 _PJ_EXTENSIONS = (".jpg", ".png", ".JPG", ".JPEG")
 _AB_EXTENSIONS = (".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".PNG", ".bmp", ".BMP", ".ppm", ".PPM",
                   ".tiff", ".TIFF")
-_PJ_REWRITTEN = ("images", "JPEGImages", "raw")
 _AB_REWRITTEN = ("/images/train2017/", "/images/val2017/", "/images/train2014/",
                  "/images/val2014/", "/JPEGImages/")
 # Layers that end a darknet detector and carry `classes=`
@@ -247,11 +248,6 @@ class CfgSummary:
         return darknet_id(self.path.name)
 
 
-def darknet_id(path) -> str:
-    """darknet's name for a file (``basecfg``): the basename up to its first ``.``."""
-    return str(path).replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
-
-
 def read_cfg(cfg_path) -> CfgSummary:
     """Parse and check ``cfg_path`` (:func:`~deeplesion_cli.darknet.cfg.check_cfg`).
 
@@ -341,7 +337,7 @@ def label_path_for(image: str, fork: str) -> str | None:
     """The label path ``fork`` derives from ``image`` (darknet.md 3.2), or None if it cannot."""
     if fork == "pjreddie":
         out = image
-        for word in _PJ_REWRITTEN:
+        for word in DARKNET_REWRITTEN_WORDS:
             out = out.replace(word, "labels", 1)
         for ext in _PJ_EXTENSIONS:
             out = out.replace(ext, ".txt", 1)
@@ -509,7 +505,7 @@ def _path_problems(image: str, fork: str, labels: bool = True) -> list[str]:
     if not labels:
         return problems
     if fork == "pjreddie":
-        words = [w for w in _PJ_REWRITTEN if w in image]
+        words = [w for w in DARKNET_REWRITTEN_WORDS if w in image]
         if words:
             problems.append(f"path contains {', '.join(repr(w) for w in words)}: pjreddie "
                             "darknet replaces it with 'labels' to find the label, so it would "

@@ -496,9 +496,10 @@ def _darknet_categories(classes: list, names: list[str] | None, gt: GroundTruth,
 
 # ---------------------------------------------------------------------------------- darknet valid
 
-def _darknet_image_id(file_name: str) -> str:
-    """darknet's image id (``basecfg``): the basename up to its first ``.`` (darknet.md 3.3)."""
-    return file_name.replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
+def darknet_id(path) -> str:
+    """darknet's name for a file (``basecfg``): the basename up to its first ``.`` (darknet.md
+    3.3). Image ids in ``detector valid`` output and weights file names are made this way."""
+    return str(path).replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
 
 
 def _read_darknet_valid(path: Path, gt: GroundTruth) -> Detections:
@@ -522,7 +523,7 @@ def _read_darknet_valid(path: Path, gt: GroundTruth) -> Detections:
     image_ids: dict[str, int] = {}
     ambiguous: set[str] = set()
     for k, name in enumerate(gt.image_names):
-        key = _darknet_image_id(name)
+        key = darknet_id(name)
         if key in image_ids:
             ambiguous.add(key)
         image_ids.setdefault(key, k)
