@@ -221,6 +221,20 @@ def test_darknet_valid_one_based_corners(gt, tmp_path):
     assert dets.score.tolist() == [0.5, 0.9, 0.001]
 
 
+def test_darknet_valid_box_beyond_the_edge_becomes_a_zero_width_edge_box(gt, tmp_path):
+    # pjreddie clips x2 to the width but not x1: a box wholly past the right edge of the 512-px
+    # image reads "530 ... 512"; it stays a (false-positive) detection of zero width at the edge.
+    folder = valid_dir(tmp_path, {
+        "liver": "000001_01_01_109 0.4 530 20 512 40\n000001_01_01_109 0.3 10 600 30 512\n"})
+    dets = D.read_detections(folder, gt)
+    assert dets.box_xywh.tolist() == [[511.0, 19.0, 0.0, 20.0], [9.0, 511.0, 20.0, 0.0]]
+    # reversed inside the image is still an error
+    (tmp_path / "inside").mkdir()
+    inside = valid_dir(tmp_path / "inside", {"liver": "000001_01_01_109 0.4 40 20 30 40\n"})
+    with pytest.raises(EvalInputError, match=r"comp4_det_test_liver.txt:1: x2 < x1"):
+        D.read_detections(inside, gt)
+
+
 def test_darknet_valid_single_file_and_crlf(gt, tmp_path):
     folder = valid_dir(tmp_path, {
         "liver": "000001_01_01_109 0.9 11 21 31 41\r\n\r\n000001_01_01_109 0.8 1 1 2 2\r\n"})

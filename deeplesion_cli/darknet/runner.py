@@ -1141,8 +1141,7 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
                     reasons.append(f"`detector valid` wrote no result file for class(es) "
                                    f"{', '.join(missing)} in {results}")
                 else:
-                    clean = _clamp_valid_results(results, scratch / "results-clamped",
-                                                 drop_ids=pad_ids)
+                    clean = _drop_padding(results, scratch / "results-unpadded", pad_ids)
                     dets = read_detections(clean, gt, fmt="darknet-valid")
             else:
                 reasons += _check_result_json(result_json, list_path)
@@ -1182,38 +1181,15 @@ def _padded_list(list_path: Path, scratch: Path, n_images: int) -> tuple[Path, s
     return padded, pad_ids
 
 
-def _clamp_valid_results(results: Path, out: Path, drop_ids: set[str] = frozenset()) -> Path:
-    """Copy ``detector valid``'s class files into ``out``, clamping boxes that lie wholly
-    outside the image.
-
-    darknet clips only ``xmin``/``ymin`` to >= 1 and ``xmax``/``ymax`` to <= the image size
-    (darknet.md 7), so a box entirely beyond the right or bottom edge comes out with
-    ``x1 > x2`` (seen with pjreddie: ``129 1 128 1`` on a 128-px image). Such a box is set to
-    ``x1 = x2`` (``y1 = y2``): a zero-area box at the edge that still counts as a detection (a
-    false positive), as it does for darknet's own evaluation. Lines of ``drop_ids`` (padding
-    images, :func:`_padded_list`) are left out.
-    """
+def _drop_padding(results: Path, out: Path, drop_ids: set[str]) -> Path:
+    """Copy ``detector valid``'s class files into ``out`` without the lines of ``drop_ids``
+    (the padding images of :func:`_padded_list`)."""
     out.mkdir()
     for file in sorted(results.iterdir()):
-        if not file.is_file():
-            continue
-        lines = []
-        for line in file.read_text(encoding="utf-8", errors="replace").split("\n"):
-            parts = line.split()
-            if parts and parts[0] in drop_ids:
-                continue
-            if len(parts) == 6:
-                try:
-                    x1, y1, x2, y2 = (float(v) for v in parts[2:])
-                except ValueError:
-                    pass
-                else:
-                    if x1 > x2 or y1 > y2:
-                        parts[2] = parts[4] if x1 > x2 else parts[2]
-                        parts[3] = parts[5] if y1 > y2 else parts[3]
-                        line = " ".join(parts)
-            lines.append(line)
-        (out / file.name).write_text("\n".join(lines), encoding="utf-8")
+        if file.is_file():
+            lines = [line for line in file.read_text(encoding="utf-8", errors="replace").split("\n")
+                     if not (line.split() and line.split()[0] in drop_ids)]
+            (out / file.name).write_text("\n".join(lines), encoding="utf-8")
     return out
 
 

@@ -608,6 +608,15 @@ def _parse_valid_file(file: Path, gt: GroundTruth, image_ids: dict[str, int],
         bad = _first(~finite.all(axis=1))
         raise EvalInputError(f"{file}:{line_numbers[bad]}: not finite: "
                              f"{' '.join(fields[5 * bad:5 * bad + 5])}")
+    image = np.fromiter((lookup[k] for k in ids), np.int64, n)
+    # darknet clips x1, y1 to >= 1 and x2, y2 to <= the image size separately (darknet.md 7), so
+    # a box wholly beyond the right or bottom edge comes out as e.g. "129 1 128 1" on a 128-px
+    # image. Such a box becomes a zero-width box on the edge: still a detection (a false
+    # positive), as in darknet's own evaluation. Any other reversed box is an error.
+    size = gt.image_sizes[image]
+    for lo, hi, extent in ((1, 3, size[:, 0]), (2, 4, size[:, 1])):
+        edge = (values[:, hi] < values[:, lo]) & (extent > 0) & (values[:, hi] >= extent)
+        values[edge, lo] = values[edge, hi]
     reversed_ = (values[:, 3] < values[:, 1]) | (values[:, 4] < values[:, 2])
     if reversed_.any():
         bad = _first(reversed_)
@@ -615,6 +624,5 @@ def _parse_valid_file(file: Path, gt: GroundTruth, image_ids: dict[str, int],
         raise EvalInputError(f"{file}:{line_numbers[bad]}: {axis} "
                              f"({' '.join(fields[5 * bad + 1:5 * bad + 5])}; expected "
                              "x1 y1 x2 y2 corners)")
-    image = np.fromiter((lookup[k] for k in ids), np.int64, n)
     return line_numbers, image, values
 
