@@ -536,7 +536,8 @@ def eval_(ground_truth, predictions, named_preds, pred_format, names, split, iou
                 for name, file in files.items()}
     except EvalInputError as exc:
         raise InputError(str(exc)) from None
-    document = evaluate_runs(gt, runs, options, ground_truth_path=str(gt_path))
+    document = evaluate_runs(gt, runs, options, ground_truth_path=str(gt_path),
+                             show_progress=True)
     if out_dir:
         written = write_outputs(document, out_dir)
         click.echo(f"wrote {len(written)} files to {out_dir}", err=True)

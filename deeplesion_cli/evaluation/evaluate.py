@@ -17,6 +17,7 @@ from deeplesion_cli.deeplesion.schema import LESION_TYPES
 from deeplesion_cli.evaluation import boxstats, coco, confusion, froc, seed, threshold, voc
 from deeplesion_cli.evaluation.arrays import concat_ranges
 from deeplesion_cli.evaluation.data import Detections, GroundTruth
+from deeplesion_cli.progress import Progress
 
 #: Long-diameter bins in mm of the DeepLesion papers' size analysis (upper ends exclusive).
 SIZE_BINS_MM = (("<10mm", 0.0, 10.0), ("10-30mm", 10.0, 30.0), (">30mm", 30.0, np.inf))
@@ -155,20 +156,24 @@ def resample(gt: GroundTruth, dets: Detections, patients: np.ndarray) -> tuple[G
     return new_gt, new_dets
 
 
-def bootstrap(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions) -> dict:
+def bootstrap(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions,
+              show_progress: bool = False) -> dict:
     """95% percentile intervals of :data:`BOOTSTRAP_METRICS` per run, from ``options.bootstrap``
     resamples of patients with replacement; every run sees the same resamples, so for two runs the
     paired difference (first minus second) gets its own interval."""
     rng = np.random.default_rng(options.seed)
     n_patients = len(np.unique(gt.image_patients))
     values = {name: {m: [] for m in BOOTSTRAP_METRICS} for name in runs}
-    for _ in range(options.bootstrap):
-        patients = rng.integers(0, n_patients, n_patients)
-        for name, dets in runs.items():
-            sample_gt, sample_dets = resample(gt, dets, patients)
-            block = _core(sample_gt, sample_dets, options)
-            for metric, get in BOOTSTRAP_METRICS.items():
-                values[name][metric].append(get(block))
+    with Progress(options.bootstrap, "bootstrap", unit="resamples",
+                  enabled=show_progress) as progress:
+        for _ in range(options.bootstrap):
+            patients = rng.integers(0, n_patients, n_patients)
+            for name, dets in runs.items():
+                sample_gt, sample_dets = resample(gt, dets, patients)
+                block = _core(sample_gt, sample_dets, options)
+                for metric, get in BOOTSTRAP_METRICS.items():
+                    values[name][metric].append(get(block))
+            progress.advance()
 
     def interval(xs):
         xs = np.asarray(xs, float)
@@ -188,7 +193,8 @@ def bootstrap(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions
 
 
 def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
-                  options: EvalOptions = EvalOptions(), ground_truth_path: str = "") -> dict:
+                  options: EvalOptions = EvalOptions(), ground_truth_path: str = "",
+                  show_progress: bool = False) -> dict:
     """metrics.json: one block per run, the options, and bootstrap intervals when asked."""
     document = {
         "tool": "lesion",
@@ -200,7 +206,7 @@ def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
         "runs": {name: evaluate_run(gt, dets, options) for name, dets in runs.items()},
     }
     if options.bootstrap > 0:
-        boot = bootstrap(gt, runs, options)
+        boot = bootstrap(gt, runs, options, show_progress=show_progress)
         for name in runs:
             document["runs"][name]["bootstrap"] = {"n": boot["n"], "ci95": boot["ci95"][name]}
         if "paired" in boot:
