@@ -395,6 +395,14 @@ def test_validate_accepts_the_prepared_folder(prepared, cfg, base):
     assert (base / "v-backup").is_dir()  # created
 
 
+def _first_train_image_copy(prepared: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy the first training image of ``prepared`` to ``dest`` (no label); return both."""
+    first = Path((prepared / "train.txt").read_text().split()[0])
+    dest.parent.mkdir()
+    shutil.copy(first, dest)
+    return first, dest
+
+
 def test_validate_sixteen_bit_image(prepared, cfg, base):
     folder = copy_prepared(prepared, base / "v16")
     image = base / "v16-img" / "deep_16bit.png"
@@ -411,10 +419,7 @@ def test_validate_sixteen_bit_image(prepared, cfg, base):
 
 def test_validate_missing_label_and_missing_image(prepared, cfg, base):
     folder = copy_prepared(prepared, base / "vlabel")
-    first = Path((prepared / "train.txt").read_text().split()[0])
-    lonely = base / "vlabel-img" / "lonely.png"
-    lonely.parent.mkdir()
-    shutil.copy(first, lonely)
+    first, lonely = _first_train_image_copy(prepared, base / "vlabel-img" / "lonely.png")
     ghost = base / "vlabel-img" / "ghost.png"
     _with_train_list(folder, [str(first), str(lonely), str(ghost)])
     with pytest.raises(DarknetInputError) as info:
@@ -427,10 +432,7 @@ def test_validate_missing_label_and_missing_image(prepared, cfg, base):
 
 def test_validate_class_id_and_coordinates(prepared, cfg, base):
     folder = copy_prepared(prepared, base / "vclass")
-    first = Path((prepared / "train.txt").read_text().split()[0])
-    image = base / "vclass-img" / "typed.png"
-    image.parent.mkdir()
-    shutil.copy(first, image)
+    first, image = _first_train_image_copy(prepared, base / "vclass-img" / "typed.png")
     label = image.with_suffix(".txt")
     label.write_text("0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n0 1.5 0.5 0.1 0\n")
     _with_train_list(folder, [str(image)])
@@ -444,10 +446,7 @@ def test_validate_class_id_and_coordinates(prepared, cfg, base):
 
 def test_validate_raw_in_path_for_pjreddie(prepared, cfg, base):
     folder = copy_prepared(prepared, base / "vraw")
-    first = Path((prepared / "train.txt").read_text().split()[0])
-    image = base / "raw" / "slice.png"
-    image.parent.mkdir()
-    shutil.copy(first, image)
+    first, image = _first_train_image_copy(prepared, base / "raw" / "slice.png")
     shutil.copy(first.with_suffix(".txt"), image.with_suffix(".txt"))
     _with_train_list(folder, [str(image)])
     with pytest.raises(DarknetInputError) as info:
