@@ -369,7 +369,8 @@ def train() -> None:
     """Train a detector on a prepared folder.
 
     \b
-    Example:
+    Examples:
+      lesion train frcnn prepared/ --out runs/frcnn
       lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo
     """
 
@@ -416,12 +417,153 @@ def train_yolo(prepared, cfg_path, run_dir, weights, darknet_bin, gpus, with_map
         _warn(warning)
 
 
+def _frcnn_errors(call):
+    from deeplesion_cli.frcnn.checkpoint import CheckpointError
+    from deeplesion_cli.frcnn.data import DataError
+    from deeplesion_cli.frcnn.engine import OptionError, TrainError
+    from deeplesion_cli.frcnn.model import AnchorsError, WeightsError
+
+    try:
+        return call()
+    except (DataError, OptionError, WeightsError, AnchorsError, CheckpointError) as exc:
+        raise InputError(str(exc)) from None
+    except TrainError as exc:
+        raise RunFailed(str(exc)) from None
+
+
+def _int_list(value: str | None, option: str):
+    if value is None:
+        return None
+    try:
+        items = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated epochs, e.g. 16,22",
+                                 param_hint=option)
+    if not items or min(items) < 1:
+        raise click.BadParameter(f"{value!r}: epochs are counted from 1", param_hint=option)
+    return items
+
+
+@train.command("frcnn")
+@click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: args.json, metrics.csv, train.log, last.pt, best.pt.")
+@click.option("--arch", type=click.Choice(["resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn",
+                                           "vgg16_uld"]), default="resnet50_fpn",
+              show_default=True, help="torchvision Faster R-CNN variant; vgg16_uld is the "
+                                      "DeepLesion paper's universal lesion detector.")
+@click.option("--pretrained", type=click.Choice(["none", "imagenet", "coco"]), default="none",
+              show_default=True, help="Start from ImageNet backbone or COCO detector weights "
+                                      "(a local file: --weights, or torch's cache; never "
+                                      "downloaded).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Weights file for --pretrained (or, with --pretrained none, a "
+                                 "state_dict of this very model).")
+@click.option("--anchors", "anchors_json", type=click.Path(exists=True, dir_okay=False,
+                                                           path_type=Path),
+              default=None, help="anchors.json from `lesion anchors` (computed at --size).")
+@click.option("--size", "size_px", type=click.IntRange(32, 4096), default=None,
+              help="Model input size in px (default: 240 with --augment seed, else the images' "
+                   "size).")
+@click.option("--epochs", type=click.IntRange(1), default=110, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True,
+              help="Images per step and process.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam",
+              show_default=True, help="sgd uses momentum 0.9 (--momentum).")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate (default: 1e-4 adam, 2e-5 sgd, the seed study's).")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--scheduler", type=click.Choice(["none", "step", "cosine"]), default="none",
+              show_default=True)
+@click.option("--lr-steps", default=None, metavar="E1,E2",
+              help="--scheduler step: epochs at which lr is multiplied by --lr-gamma "
+                   "(default: 2/3 and 8/9 of --epochs).")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Linear warm-up over this many optimiser steps.")
+@click.option("--clip-grad", type=float, default=None, help="Clip the gradient L2 norm.")
+@click.option("--balanced", is_flag=True,
+              help="Class-balanced batches (every class an equal share; an epoch ends when the "
+                   "largest class was seen once).")
+@click.option("--augment", type=click.Choice(["seed", "none"]), default="seed",
+              show_default=True, help="seed: pad 50 px, rotate +-30 deg, crop 0-64 px per side, "
+                                      "resize to --size; no flip.")
+@click.option("--amp", is_flag=True, help="Mixed precision (float16 on CUDA, bfloat16 on CPU).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="Data loader worker processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--deterministic", is_flag=True,
+              help="Deterministic algorithms (slower on GPU); same seed, same weights.")
+@click.option("--select", type=click.Choice(["map50", "map75", "map", "froc4", "mean_iou"]),
+              default="map50", show_default=True, help="Validation metric that picks best.pt.")
+@click.option("--eval-train-images", type=click.IntRange(0), default=200, show_default=True,
+              help="Size of the fixed training sample evaluated each epoch (0: none).")
+@click.option("--resume", is_flag=True,
+              help="Continue RUN_DIR/last.pt exactly (only --epochs, --workers, --device may "
+                   "change).")
+@click.option("--stop-after", type=click.IntRange(1), default=None, metavar="EPOCH",
+              help="End this call after that epoch; the schedule still spans --epochs "
+                   "(continue later with --resume).")
+@click.pass_context
+def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **kwargs) -> None:
+    """Train torchvision Faster R-CNN on a prepared folder.
+
+    Each epoch evaluates a fixed training sample and the val split with the toolkit's
+    evaluator, appends a row to metrics.csv (loss and its parts, lr, images/s, mAP50, mAP75,
+    mAP, mean IoU, FROC sensitivity at 4 FP/image) and saves last.pt, and best.pt when --select
+    improved. Under torchrun it trains with DistributedDataParallel on every rank.
+
+    \b
+    Examples:
+      lesion train frcnn prepared/ --out runs/frcnn --epochs 30
+      lesion train frcnn prepared/ --out runs/uld --arch vgg16_uld --pretrained imagenet \\
+          --weights vgg16-397923af.pth --balanced
+      lesion train frcnn prepared/ --out runs/frcnn --resume --epochs 60
+      torchrun --nproc_per_node 4 -m deeplesion_cli train frcnn prepared/ --out runs/ddp --amp
+    """
+    from click.core import ParameterSource
+
+    from deeplesion_cli.frcnn import engine
+
+    kwargs["lr_steps"] = _int_list(kwargs.pop("lr_steps"), "--lr-steps")
+    anchors_json = kwargs.pop("anchors_json")
+    kwargs["anchors"] = str(anchors_json.resolve()) if anchors_json else None
+    weights = kwargs.pop("weights")
+    kwargs["weights"] = str(weights.resolve()) if weights else None
+    options = engine.TrainOptions(**kwargs)
+    overrides = None
+    if resume:
+        names = {"anchors_json": "anchors"}
+        overrides = {names.get(p, p): getattr(options, names.get(p, p))
+                     for p in ctx.params if p not in ("prepared", "run_dir", "resume", "stop_after")
+                     and ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE}
+    result = _frcnn_errors(lambda: engine.train(prepared, run_dir, options, resume=resume,
+                                                overrides=overrides, stop_after=stop_after))
+    if not result.history:
+        click.echo(f"nothing to do: {run_dir} has finished {result.epochs_done} epochs "
+                   f"(raise --epochs to train longer)")
+        return
+    last = result.history[-1]
+    val = last.val_eval or {}
+    click.echo(f"trained epochs {result.resumed_from_epoch + 1}-{result.epochs_done}: loss "
+               f"{last.loss:.4f}, {last.images_per_s:.1f} images/s, data wait "
+               f"{100 * last.data_wait:.1f}%, val mAP50 {engine._fmt(val.get('mAP50'))}")
+    if result.best_epoch is not None:
+        click.echo(f"best {result.select} {result.best_value:.4f} at epoch {result.best_epoch}: "
+                   f"{result.best_checkpoint}")
+    click.echo(f"metrics: {result.metrics_csv}  last: {result.last_checkpoint}")
+
+
 @main.group()
 def predict() -> None:
     """Write detections of a trained model as COCO results json.
 
     \b
-    Example:
+    Examples:
+      lesion predict frcnn runs/frcnn prepared/ -o frcnn.json
       lesion predict yolo prepared/ --cfg yolo.cfg --weights runs/yolo/backup/yolo_final.weights -o yolo.json
     """
 
@@ -459,6 +601,43 @@ def predict_yolo(prepared, cfg_path, weights, split, out_json, thresh, darknet_b
     import json
 
     click.echo(f"wrote {len(json.loads(Path(path).read_text()))} detections to {path}")
+
+
+@predict.command("frcnn")
+@click.argument("run_or_checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.argument("prepared", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["train", "val", "test"]))
+@click.option("-o", "--out", "out_json", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="COCO results json to write.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.001, show_default=True,
+              help="Score floor (low, so that AP sees the whole curve).")
+@click.option("--max-dets", type=click.IntRange(1), default=100, show_default=True,
+              help="Detections kept per image.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="Mixed precision inference.")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
+def predict_frcnn(run_or_checkpoint, prepared, split, out_json, batch_size, score_thresh,
+                  max_dets, device, amp, workers) -> None:
+    """Run a trained Faster R-CNN over a split and write COCO results json.
+
+    RUN_OR_CHECKPOINT is a `lesion train frcnn` run folder (its best.pt, else last.pt) or a
+    checkpoint file. Boxes are [x, y, w, h] in the prepared images' pixels, as the ground truth.
+
+    \b
+    Examples:
+      lesion predict frcnn runs/frcnn prepared/ --split test -o frcnn.json
+      lesion eval prepared/ frcnn.json
+    """
+    from deeplesion_cli.frcnn.predict import predict as run_predict
+
+    result = _frcnn_errors(lambda: run_predict(
+        run_or_checkpoint, prepared, out_json, split=split, batch_size=batch_size,
+        workers=workers, device=device, amp=amp, score_thresh=score_thresh,
+        detections_per_img=max_dets))
+    click.echo(f"wrote {result.n_detections} detections on {result.n_images} {split} images to "
+               f"{result.out_json} ({result.checkpoint.name}, {result.seconds:.1f} s)")
 
 
 def _parse_preds(positional, named) -> dict[str, Path]:

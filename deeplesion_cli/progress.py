@@ -26,6 +26,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.done = 0
+        self.info = ""
         self._rich = None
         self._task = None
         self._start = 0.0
@@ -42,21 +43,28 @@ class Progress:
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TaskProgressColumn(),
                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
                 console=Console(file=self.stream), transient=False)
             self._rich.start()
-            self._task = self._rich.add_task(self.description, total=self.total, rate="")
+            self._task = self._rich.add_task(self.description, total=self.total, rate="",
+                                             info=self.info)
         return self
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self._start
         return self.done / elapsed if elapsed > 0 else 0.0
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, info: str | None = None) -> None:
+        """Count ``n`` more units; ``info`` (e.g. ``"step 30, loss 0.53"``) replaces the text shown
+        after the ETA."""
         self.done += n
+        if info is not None:
+            self.info = info
         if not self.enabled:
             return
         if self._rich is not None:
-            self._rich.update(self._task, advance=n, rate=f"{self.rate():.1f} {self.unit}/s")
+            self._rich.update(self._task, advance=n, rate=f"{self.rate():.1f} {self.unit}/s",
+                              info=self.info)
             return
         now = time.monotonic()
         if now - self._last_print >= self.interval_s:
@@ -68,8 +76,9 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta_text = f", ETA {eta:.0f} s" if self.done < self.total and rate > 0 else ""
+        info = f", {self.info}" if self.info else ""
         print(f"{self.description}: {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
-              f"{rate:.1f} {self.unit}/s{eta_text}", file=self.stream, flush=True)
+              f"{rate:.1f} {self.unit}/s{eta_text}{info}", file=self.stream, flush=True)
 
     def __exit__(self, *exc) -> None:
         if self._rich is not None:

@@ -1,4 +1,7 @@
-"""``metrics.csv``: one row per training step, shared by ``lesion train yolo`` and ``train frcnn``.
+"""``metrics.csv``: the training log shared by ``lesion train yolo`` and ``lesion train frcnn``.
+
+``train yolo`` writes one row per darknet iteration; ``train frcnn`` one row per epoch (its
+``step`` is then the optimiser steps done so far, ``loss`` the epoch's mean loss).
 
 The file is a plain CSV with the header :data:`METRICS_COLUMNS`, written by :class:`MetricsWriter`
 and read back by :func:`read_metrics`. Every row is flushed to disk as soon as it is written, so a
@@ -24,18 +27,26 @@ Columns and units:
     Images seen since the start of training (including earlier runs this one resumed from).
 ``seconds``
     Wall-clock seconds of this step's computation (darknet's own per-iteration timer; it excludes
-    image loading).
+    image loading). ``train frcnn``: the epoch's training time, loader waits included,
+    evaluation excluded.
 ``images_per_s``
     Images of this step divided by ``seconds``.
 ``train_mAP50``, ``train_mAP75``, ``train_mAP``
     Detection AP on the training set at IoU 0.5, IoU 0.75 and averaged over IoU 0.5:0.95
     (COCO), as fractions in [0, 1].
 ``train_mean_iou``
-    Mean IoU of the matched detections on the training set, fraction in [0, 1].
+    Mean IoU of the matched detections on the training set, fraction in [0, 1] (``train frcnn``:
+    the true positives at score >= 0.25, ``at_score.mean_iou_tp`` of docs/metrics.md).
 ``train_froc_sens4``
     DeepLesion FROC sensitivity at 4 false positives per image on the training set, fraction.
 ``val_mAP50``, ``val_mAP75``, ``val_mAP``, ``val_mean_iou``, ``val_froc_sens4``
     The same on the validation set. (darknet's ``-map`` gives ``val_mAP50`` only.)
+``loss_classifier``, ``loss_box_reg``, ``loss_objectness``, ``loss_rpn_box_reg``
+    torchvision Faster R-CNN's four loss parts (their sum is ``loss``), epoch means. Empty for
+    darknet.
+``data_wait``
+    Share of the epoch's step time spent waiting for the data loader, fraction in [0, 1]
+    (``train frcnn`` only).
 """
 
 from __future__ import annotations
@@ -51,7 +62,8 @@ from deeplesion_cli import atomic
 METRICS_COLUMNS = ["step", "epoch", "loss", "avg_loss", "lr", "images", "seconds",
                    "images_per_s", "train_mAP50", "train_mAP75", "train_mAP", "train_mean_iou",
                    "train_froc_sens4", "val_mAP50", "val_mAP75", "val_mAP", "val_mean_iou",
-                   "val_froc_sens4"]
+                   "val_froc_sens4", "loss_classifier", "loss_box_reg", "loss_objectness",
+                   "loss_rpn_box_reg", "data_wait"]
 
 #: Columns holding whole numbers; :func:`read_metrics` returns them as ``int``.
 INTEGER_COLUMNS = frozenset({"step", "images"})

@@ -1,0 +1,2 @@
+"""torchvision Faster R-CNN on a prepared folder: model, data, samplers, transforms, training
+engine and prediction (``lesion train frcnn`` / ``lesion predict frcnn``)."""

@@ -1,0 +1,137 @@
+"""Batched Faster R-CNN inference over a prepared split, and ``lesion predict frcnn``.
+
+:func:`infer` runs a model over a :class:`~deeplesion_cli.frcnn.data.PreparedSplit` (no
+augmentation) and returns :class:`~deeplesion_cli.evaluation.data.Detections`: boxes
+``[x, y, w, h]`` in 0-based continuous pixels of the **prepared image** (torchvision's
+``GeneralizedRCNNTransform`` resizes to the model's input size and maps its boxes back to the
+input image's frame in ``postprocess``), categories as the prepared COCO ``category_id``, so the
+result evaluates against ``coco/<split>.json`` directly. The trainer's per-epoch evaluation and
+``lesion predict frcnn`` both use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplesion_cli.evaluation.data import Detections, GroundTruth
+from deeplesion_cli.frcnn.data import DataError, PreparedSplit, collate, to_model_input
+from deeplesion_cli.progress import Progress
+
+
+def _autocast(device: torch.device, amp: bool):
+    # bfloat16 on CPU: float16 autocast is not supported for most CPU kernels.
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
+
+
+@torch.inference_mode()
+def infer_raw(model, dataset: PreparedSplit, device: torch.device, *, batch_size: int = 8,
+              workers: int = 0, amp: bool = False, indices=None, progress: Progress | None = None):
+    """Raw detections of ``dataset[i]`` for i in ``indices`` (default all), as numpy arrays:
+    ``(index (n,), label (n,) 1-based model label, box_xyxy_px (n, 4), score (n,))``."""
+    from torch.utils.data import DataLoader, Subset
+
+    was_training = model.training
+    model.eval()
+    subset = dataset if indices is None else Subset(dataset, list(indices))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda")
+    out_index, out_label, out_box, out_score = [], [], [], []
+    try:
+        for images, targets in loader:
+            inputs, _ = to_model_input(images, device=device, non_blocking=True)
+            with _autocast(device, amp):
+                outputs = model(inputs)
+            for target, output in zip(targets, outputs):
+                n = len(output["scores"])
+                out_index.append(np.full(n, target["index"], dtype=np.int64))
+                out_label.append(output["labels"].cpu().numpy().astype(np.int64))
+                out_box.append(output["boxes"].float().cpu().numpy().astype(np.float64))
+                out_score.append(output["scores"].float().cpu().numpy().astype(np.float64))
+            if progress is not None:
+                progress.advance(len(images))
+    finally:
+        model.train(was_training)
+    if not out_index:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
+    return (np.concatenate(out_index), np.concatenate(out_label),
+            np.concatenate(out_box).reshape(-1, 4), np.concatenate(out_score))
+
+
+def to_detections(raw, dataset: PreparedSplit, gt: GroundTruth, source: str = "") -> Detections:
+    """:func:`infer_raw` output as evaluator :class:`Detections` against ``gt`` (the dataset's
+    :meth:`~PreparedSplit.ground_truth`): xyxy -> xywh, model label -> COCO category id."""
+    index, label, box_xyxy, score = raw
+    image_ids = np.asarray([dataset.images[i]["id"] for i in index.tolist()], dtype=np.int64)
+    image = np.asarray([gt.image_index_of_id[int(i)] for i in image_ids], dtype=np.int64)
+    category_of_label = np.asarray((0,) + dataset.classes.category_ids, dtype=np.int64)
+    box_xywh = np.concatenate([box_xyxy[:, :2], box_xyxy[:, 2:] - box_xyxy[:, :2]], axis=1)
+    return Detections(source, image, category_of_label[label], box_xywh, score)
+
+
+@dataclass
+class PredictResult:
+    out_json: Path
+    n_images: int
+    n_detections: int
+    seconds: float
+    checkpoint: Path
+    split: str
+
+
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A run folder means its ``best.pt`` (else ``last.pt``); a file is taken as it is."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise DataError(f"{path}: no best.pt or last.pt; is it a `lesion train frcnn` run folder?")
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint or run folder")
+    return path
+
+
+def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: str = "test",
+            batch_size: int = 8, workers: int = 0, device: str = "auto", amp: bool = False,
+            score_thresh: float = 0.001, detections_per_img: int = 100,
+            show_progress: bool = True) -> PredictResult:
+    """Write COCO results json of a trained model over ``prepared``'s ``split``.
+
+    Boxes are 0-based ``[x, y, w, h]`` pixels of the prepared images, ``category_id`` the prepared
+    COCO ids; the checkpoint's classes must equal the prepared folder's (else :class:`DataError`).
+    """
+    import time
+
+    from deeplesion_cli.formats.detections import write_coco_results
+    from deeplesion_cli.frcnn import checkpoint as ckpt
+
+    start = time.monotonic()
+    path = resolve_checkpoint(run_or_checkpoint)
+    state = ckpt.load(path)
+    dev = ckpt.pick_device(device)
+    model = ckpt.model_from_checkpoint(state, score_thresh=score_thresh,
+                                       detections_per_img=detections_per_img).to(dev)
+    dataset = PreparedSplit(prepared, split)
+    trained = tuple(state["classes"]["names"])
+    if trained != dataset.classes.names:
+        raise DataError(f"{path} was trained on classes {list(trained)} but "
+                        f"{Path(prepared) / 'manifest.json'} has {list(dataset.classes.names)}")
+    gt = dataset.ground_truth()
+    with Progress(len(dataset), f"predict {split}", enabled=show_progress) as progress:
+        raw = infer_raw(model, dataset, dev, batch_size=batch_size, workers=workers, amp=amp,
+                        progress=progress)
+    dets = to_detections(raw, dataset, gt, str(path))
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    write_coco_results(out_json, gt, dets)
+    return PredictResult(out_json, len(dataset), len(dets), time.monotonic() - start, path, split)
+
+
+def read_results_count(path: Path) -> int:
+    return len(json.loads(Path(path).read_text()))
