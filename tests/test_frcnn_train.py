@@ -157,7 +157,7 @@ def test_metrics_csv_and_run_folder(prepared, tmp_path):
     run = tmp_path / "run"
     result = engine.train(prepared, run, engine.TrainOptions(**FAST, epochs=2, select="map"),
                           show_progress=False)
-    for name in ("args.json", "metrics.csv", "train.log", "last.pt"):
+    for name in ("args.json", "metrics.csv", "train.log", "last.pt", "curves.png"):
         assert (run / name).is_file(), name
     rows = runlog.read_metrics(run / "metrics.csv")
     n_train = len(PreparedSplit(prepared, "train"))

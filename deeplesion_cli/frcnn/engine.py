@@ -604,6 +604,7 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
                 if improved:
                     ckpt.save(best_path, state_out)
                 log(_epoch_line(stats, options, improved), echo=True)
+                _draw_curves(metrics_path, run_dir / "curves.png", options.arch, log)
             if dist_info.enabled:
                 import torch.distributed as dist
 
@@ -665,8 +666,10 @@ def _evaluate(model, dataset: PreparedSplit, device, batch_size: int, options: T
     if len(dataset) == 0:
         return None
     mine = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    # float32 even with --amp: autocast returns float16/bfloat16 boxes (bfloat16 steps are 2 px
+    # at 512 px), which would move IoUs and AP75
     raw = infer_raw(model, dataset, device, batch_size=batch_size, workers=options.workers,
-                    amp=options.amp, indices=mine)
+                    amp=False, indices=mine)
     parts = _gather(raw, dist_info)
     metrics = None
     if dist_info.is_main:
@@ -678,6 +681,16 @@ def _evaluate(model, dataset: PreparedSplit, device, batch_size: int, options: T
         dets = to_detections(raw_all, dataset, gt) if len(raw_all[0]) else Detections.empty()
         metrics = evaluate_detections(gt, dets)
     return _broadcast(metrics, dist_info)
+
+
+def _draw_curves(metrics_path: Path, png: Path, title: str, log) -> None:
+    """curves.png: loss and train/val metrics per epoch, redrawn after every epoch."""
+    from deeplesion_cli.report.plots import training_curves
+
+    try:
+        training_curves(runlog.read_metrics(metrics_path), png, title=title)
+    except Exception as exc:  # a figure must never stop a training run
+        log(f"warning: could not draw {png.name}: {exc}")
 
 
 def _metrics_row(stats: EpochStats, ema_loss) -> dict:

@@ -11,7 +11,6 @@ result evaluates against ``coco/<split>.json`` directly. The trainer's per-epoch
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,10 @@ def _autocast(device: torch.device, amp: bool):
 def infer_raw(model, dataset: PreparedSplit, device: torch.device, *, batch_size: int = 8,
               workers: int = 0, amp: bool = False, indices=None, progress: Progress | None = None):
     """Raw detections of ``dataset[i]`` for i in ``indices`` (default all), as numpy arrays:
-    ``(index (n,), label (n,) 1-based model label, box_xyxy_px (n, 4), score (n,))``."""
+    ``(index (n,), label (n,) 1-based model label, box_xyxy_px (n, 4), score (n,))``.
+
+    ``amp`` means float16 autocast on CUDA and is ignored on CPU, where autocast would mean
+    bfloat16 boxes (coordinates rounded to 2 px at 512 px)."""
     from torch.utils.data import DataLoader, Subset
 
     was_training = model.training
@@ -45,7 +47,7 @@ def infer_raw(model, dataset: PreparedSplit, device: torch.device, *, batch_size
     try:
         for images, targets in loader:
             inputs, _ = to_model_input(images, device=device, non_blocking=True)
-            with _autocast(device, amp):
+            with _autocast(device, amp and device.type == "cuda"):
                 outputs = model(inputs)
             for target, output in zip(targets, outputs):
                 n = len(output["scores"])
@@ -132,6 +134,3 @@ def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: s
     write_coco_results(out_json, gt, dets)
     return PredictResult(out_json, len(dataset), len(dets), time.monotonic() - start, path, split)
 
-
-def read_results_count(path: Path) -> int:
-    return len(json.loads(Path(path).read_text()))

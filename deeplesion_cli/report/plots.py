@@ -75,3 +75,37 @@ def confusion_matrix(run: str, block: dict, path: Path) -> None:
     ax.set(xlabel="predicted", ylabel="ground truth", title=f"{run}: confusion matrix")
     _save(fig, path)
     plt.close(fig)
+
+
+#: Panels of :func:`training_curves`: (title, metrics.csv column suffix or column).
+CURVE_PANELS = (("loss", None), ("mAP50", "mAP50"), ("mAP (0.5:0.95)", "mAP"),
+                ("mean IoU of TPs", "mean_iou"), ("FROC sensitivity @4 FP/img", "froc_sens4"))
+
+
+def training_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """The seed study's per-epoch curves from metrics.csv rows (:func:`runlog.read_metrics`):
+    loss, and train vs val mAP50, mAP, mean IoU and FROC sensitivity at 4 FP/image, against the
+    ``epoch`` column. Rows without a value leave a gap."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4 * len(CURVE_PANELS), 3.4))
+    epochs = [r["epoch"] for r in rows]
+    for ax, (name, key) in zip(axes, CURVE_PANELS):
+        if key is None:
+            series = {"loss": [r.get("loss") for r in rows]}
+        else:
+            series = {split: [r.get(f"{split}_{key}") for r in rows] for split in ("train", "val")}
+        for label, values in series.items():
+            pts = [(e, v) for e, v in zip(epochs, values) if v is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3,
+                        label=label)
+        ax.set(title=name, xlabel="epoch")
+        if key is not None:
+            ax.set_ylim(0, 1.02)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
