@@ -241,10 +241,14 @@ def test_predict_output_passes_lesion_eval(prepared, tmp_path):
     assert len(raw[0]) == len(detections)
 
 
-def test_predict_refuses_other_classes(prepared, prepared_typed, tmp_path):
+def test_amp_run_and_predict_refuses_other_classes(prepared, prepared_typed, tmp_path):
     run = tmp_path / "c"
-    engine.train(prepared, run, engine.TrainOptions(**dict(FAST, eval_train_images=0), epochs=1),
+    # --amp on the CPU: bfloat16 autocast for training, float32 evaluation
+    engine.train(prepared, run, engine.TrainOptions(**dict(FAST, eval_train_images=0), epochs=1,
+                                                    amp=True),
                  show_progress=False)
+    row = runlog.read_metrics(run / "metrics.csv")[0]
+    assert np.isfinite(row["loss"]) and row["val_mAP50"] is not None
     result = CliRunner().invoke(main, ["predict", "frcnn", str(run / "last.pt"),
                                        str(prepared_typed), "-o", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "classes" in result.output
