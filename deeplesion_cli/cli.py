@@ -740,6 +740,44 @@ def eval_(ground_truth, predictions, named_preds, pred_format, names, split, iou
     _console().print(table)
 
 
+@main.command("report")
+@click.argument("runs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--eval", "evals", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder written by `lesion eval --out` (repeatable).")
+@click.option("--prepared", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Prepared folder: class and size histograms, overlay images.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--pdf", is_flag=True, help="Also a PDF of every figure.")
+@click.option("--image", "--images", "images", multiple=True, metavar="NAME",
+              help="Also overlay this image (file name; repeat or comma-separate).")
+@click.option("--n-overlay", default=4, show_default=True, type=click.IntRange(0),
+              help="Best and worst images drawn per run.")
+def report(runs, evals, prepared, out_dir, pdf, images, n_overlay) -> None:
+    """Figures and tables of a benchmark paper from runs, evaluations and the data.
+
+    RUNS are `lesion train frcnn` / `lesion train yolo` run folders (training curves, run
+    table); --eval folders give PR, FROC, confusion matrices, overlays of the best and worst
+    images, and the comparison tables (Markdown, LaTeX, CSV). OUT/index.md links everything.
+
+    \b
+    Examples:
+      lesion report runs/frcnn runs/yolo --eval cmp/ --prepared prepared/ --out report/
+      lesion report --eval cmp/ --out report/ --pdf --image 000001_01_01_109.png
+    """
+    from deeplesion_cli.report.build import ReportInputError, build_report
+
+    names = [n for item in images for n in item.split(",") if n]
+    try:
+        result = build_report(runs, evals, prepared, out_dir, pdf=pdf, images=names,
+                              n_overlay=n_overlay)
+    except ReportInputError as exc:
+        raise InputError(str(exc)) from None
+    for warning in result.warnings:
+        _warn(warning)
+    click.echo(f"wrote {len(result.files)} files; open {result.index}")
+
+
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default="lesion-demo")
 @click.option("--patients", default=12, show_default=True, type=click.IntRange(3, 9999),

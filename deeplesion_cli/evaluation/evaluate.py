@@ -192,6 +192,15 @@ def bootstrap(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions
     return out
 
 
+def _absolute(source: str) -> str | None:
+    if not source:
+        return None
+    from pathlib import Path
+
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
 def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
                   options: EvalOptions = EvalOptions(), ground_truth_path: str = "",
                   show_progress: bool = False) -> dict:
@@ -205,6 +214,9 @@ def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
         "options": options.to_json(),
         "runs": {name: evaluate_run(gt, dets, options) for name, dets in runs.items()},
     }
+    for name, dets in runs.items():
+        # where the detections came from, so that `lesion report` can draw them on the images
+        document["runs"][name]["detections"] = _absolute(dets.source)
     if options.bootstrap > 0:
         boot = bootstrap(gt, runs, options, show_progress=show_progress)
         for name in runs:

@@ -16,11 +16,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, pdf: bool = False) -> list[Path]:
+    """Write ``fig`` as PNG to ``path`` (and as PDF beside it, same stem, when ``pdf``)
+    atomically; return the paths written."""
+    path = Path(path)
     atomic.write_with(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    written = [path]
+    if pdf:
+        pdf_path = path.with_suffix(".pdf")
+        atomic.write_with(pdf_path, lambda p: fig.savefig(p, format="pdf", bbox_inches="tight"))
+        written.append(pdf_path)
+    return written
 
 
-def pr_curves(run: str, block: dict, path: Path) -> None:
+def pr_curves(run: str, block: dict, path: Path, pdf: bool = False) -> list[Path]:
     """Precision-recall per class at IoU 0.5 (COCO's interpolated curve, 101 recall points)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -32,12 +41,14 @@ def pr_curves(run: str, block: dict, path: Path) -> None:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"{run}: precision-recall at IoU 0.5")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    _save(fig, path)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower left")
+    written = _save(fig, path, pdf)
     plt.close(fig)
+    return written
 
 
-def froc_curves(runs: dict[str, dict], path: Path) -> None:
+def froc_curves(runs: dict[str, dict], path: Path, pdf: bool = False) -> list[Path]:
     """FROC of every run on one plot: sensitivity against false positives per image (log x)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -50,31 +61,52 @@ def froc_curves(runs: dict[str, dict], path: Path) -> None:
     ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.02),
            xlim=(0.125, 32), title="FROC (official DeepLesion protocol)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    written = _save(fig, path, pdf)
     plt.close(fig)
+    return written
 
 
-def confusion_matrix(run: str, block: dict, path: Path) -> None:
-    """Confusion matrix counts (rows: ground truth, columns: prediction, background last)."""
+def row_normalised(matrix):
+    """Each row divided by its sum (a row summing to 0 stays 0): for a ground-truth class row,
+    the share of its lesions found as each class or missed (background); for the background
+    row, the share of the false positives per predicted class."""
+    import numpy as np
+
+    matrix = np.asarray(matrix, dtype=float)
+    sums = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, sums, out=np.zeros_like(matrix), where=sums > 0)
+
+
+def confusion_matrix(run: str, block: dict, path: Path, normalize: bool = False,
+                     pdf: bool = False) -> list[Path]:
+    """Confusion matrix counts (rows: ground truth, columns: prediction, background last);
+    ``normalize``: each row divided by its sum (:func:`row_normalised`), cells as fractions."""
     import numpy as np
 
     plt = _pyplot()
     c = block["confusion"]
-    matrix = np.asarray(c["matrix"], dtype=float)
+    matrix = np.asarray(c["matrix"], dtype=float).reshape(len(c["labels"]), len(c["labels"]))
+    if normalize:
+        matrix = row_normalised(matrix)
     labels = c["labels"]
     size = max(4.0, 0.6 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    top = 1.0 if normalize else matrix.max()
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            text = f"{matrix[i, j]:.2f}" if normalize else f"{int(matrix[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] > top / 2 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="ground truth", title=f"{run}: confusion matrix")
-    _save(fig, path)
+    what = "confusion matrix, row-normalised" if normalize else "confusion matrix"
+    ax.set(xlabel="predicted", ylabel="ground truth", title=f"{run}: {what}")
+    written = _save(fig, path, pdf)
     plt.close(fig)
+    return written
 
 
 #: Panels of :func:`training_curves`: (title, metrics.csv column suffix or column).
@@ -82,30 +114,108 @@ CURVE_PANELS = (("loss", None), ("mAP50", "mAP50"), ("mAP (0.5:0.95)", "mAP"),
                 ("mean IoU of TPs", "mean_iou"), ("FROC sensitivity @4 FP/img", "froc_sens4"))
 
 
-def training_curves(rows: list[dict], path: Path, title: str = "") -> None:
+def training_curves(rows: list[dict], path: Path, title: str = "", *, x: str = "epoch",
+                    xlabel: str | None = None, panels=CURVE_PANELS,
+                    loss_columns: tuple[str, ...] = ("loss",), drop_empty: bool = False,
+                    pdf: bool = False) -> list[Path]:
     """The seed study's per-epoch curves from metrics.csv rows (:func:`runlog.read_metrics`):
     loss, and train vs val mAP50, mAP, mean IoU and FROC sensitivity at 4 FP/image, against the
-    ``epoch`` column. Rows without a value leave a gap."""
+    ``epoch`` column. Rows without a value leave a gap.
+
+    Options for other logs (the defaults draw what ``lesion train frcnn`` logs): ``x`` the
+    column on the x axis (``"step"`` for darknet's per-iteration rows) and ``xlabel`` its label;
+    ``panels`` (title, column suffix or None for the loss panel); ``loss_columns`` the columns of
+    the loss panel (darknet: ``("loss", "avg_loss")``); ``drop_empty`` leaves out metric panels
+    without a single value; ``pdf`` also writes a PDF beside the PNG. Returns the paths written.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4 * len(CURVE_PANELS), 3.4))
-    epochs = [r["epoch"] for r in rows]
-    for ax, (name, key) in zip(axes, CURVE_PANELS):
+    xs = [r.get(x) for r in rows]
+
+    def series_of(key):
         if key is None:
-            series = {"loss": [r.get("loss") for r in rows]}
-        else:
-            series = {split: [r.get(f"{split}_{key}") for r in rows] for split in ("train", "val")}
-        for label, values in series.items():
-            pts = [(e, v) for e, v in zip(epochs, values) if v is not None]
+            return {c: [r.get(c) for r in rows] for c in loss_columns}
+        return {split: [r.get(f"{split}_{key}") for r in rows] for split in ("train", "val")}
+
+    if drop_empty:
+        panels = [(name, key) for name, key in panels
+                  if key is None or any(v is not None for vs in series_of(key).values()
+                                        for v in vs)]
+    panels = list(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (name, key) in zip(axes[0], panels):
+        for label, values in series_of(key).items():
+            pts = [(e, v) for e, v in zip(xs, values) if v is not None and e is not None]
             if pts:
+                faint = key is None and label == "loss" and len(loss_columns) > 1
                 ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3,
-                        label=label)
-        ax.set(title=name, xlabel="epoch")
+                        label=label, alpha=0.4 if faint else 1.0,
+                        linewidth=0.8 if faint else 1.5)
+        ax.set(title=name, xlabel=xlabel or x)
         if key is not None:
             ax.set_ylim(0, 1.02)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
-    _save(fig, path)
+        fig.suptitle(title, y=1.04)  # above the panel titles
+    written = _save(fig, path, pdf)
     plt.close(fig)
+    return written
+
+
+def class_histogram(counts: dict[str, dict[str, int]], path: Path, title: str = "",
+                    pdf: bool = False) -> list[Path]:
+    """Lesions per class and split: ``counts[split][class name]``, grouped bars (a group per
+    class, a bar per split, its count written above it)."""
+    import numpy as np
+
+    plt = _pyplot()
+    splits = list(counts)
+    classes = list(dict.fromkeys(c for per in counts.values() for c in per))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(classes) * max(len(splits), 1) / 2 + 3),
+                                    4))
+    width = 0.8 / max(len(splits), 1)
+    x = np.arange(len(classes))
+    for k, split in enumerate(splits):
+        values = [counts[split].get(c, 0) for c in classes]
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, values, width, label=split)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x, classes, rotation=30 if len(classes) > 3 else 0,
+                  ha="right" if len(classes) > 3 else "center")
+    ax.set(ylabel="lesions", title=title or "lesions per class and split")
+    ax.grid(alpha=0.3, axis="y")
+    if splits:
+        ax.legend(fontsize=8)
+    written = _save(fig, path, pdf)
+    plt.close(fig)
+    return written
+
+
+def size_histograms(values: dict[str, list[float]], path: Path, xlabel: str = "long diameter (mm)",
+                    title: str = "", pdf: bool = False) -> list[Path]:
+    """One histogram per split (stacked panels, shared bins and x axis), with the median."""
+    import numpy as np
+
+    plt = _pyplot()
+    splits = list(values) or ["(none)"]
+    every = np.asarray([v for vs in values.values() for v in vs], dtype=float)
+    every = every[np.isfinite(every)]
+    edges = np.histogram_bin_edges(every, bins=min(30, max(5, int(np.sqrt(len(every)) * 2)))) \
+        if len(every) else np.linspace(0, 1, 6)
+    fig, axes = plt.subplots(len(splits), 1, figsize=(6, 1.8 * len(splits) + 0.8), sharex=True,
+                             squeeze=False)
+    for ax, split in zip(axes[:, 0], splits):
+        v = np.asarray(values.get(split, []), dtype=float)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=edges, color="tab:blue", alpha=0.8)
+        if len(v):
+            ax.axvline(float(np.median(v)), color="tab:red", linewidth=1,
+                       label=f"median {np.median(v):.1f}")
+            ax.legend(fontsize=8, loc="upper right")
+        ax.set_ylabel(f"{split}\n(n={len(v)})")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle(title or f"{xlabel} per split")
+    written = _save(fig, path, pdf)
+    plt.close(fig)
+    return written

@@ -1,10 +1,12 @@
-"""Tables of evaluation results: the comparison table (a column per run), Markdown and CSV."""
+"""Tables of evaluation results: the comparison table (a column per run), Markdown and CSV; and
+the tables of ``lesion report`` (:class:`Table`, written as Markdown, LaTeX and CSV)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+from dataclasses import dataclass, field
 
 #: (label, path into a run's metrics block, bootstrap metric name or None)
 SUMMARY_ROWS = [
@@ -131,3 +133,227 @@ def per_class_csv(document: dict) -> str:
             writer.writerow([run, cat_id, c["name"], c["n_gt"], c["AP"], c["AP50"], c["AP75"],
                              c["AR100"], c.get("voc_ap11"), c.get("voc_ap_all")])
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------ report tables
+#
+# ``lesion report`` writes every table three ways from one :class:`Table`: Markdown and LaTeX
+# for reading (numbers rounded, a 95% interval as ``0.812 [0.790, 0.833]``) and CSV for machines
+# (full precision, an interval as two extra columns ``<column> ci95 low`` / ``high``).
+
+#: FP/image rates of the DeepLesion FROC (docs/metrics.md section 4).
+FROC_FPS = (0.5, 1, 2, 4, 8, 16)
+#: Display text of an undefined value (None) in Markdown.
+MISSING = "–"
+
+
+@dataclass
+class Cell:
+    """A table value with an optional 95% interval and its display precision."""
+
+    value: object
+    ci: tuple[float, float] | None = None
+    digits: int = 3
+
+
+@dataclass
+class Table:
+    """``name``: file stem; ``rows``: raw values (float, int, str, None) or :class:`Cell`."""
+
+    name: str
+    title: str
+    header: list[str]
+    rows: list[list] = field(default_factory=list)
+    note: str = ""
+
+
+def _as_cell(value) -> Cell:
+    return value if isinstance(value, Cell) else Cell(value)
+
+
+def format_value(value, digits: int = 3, missing: str = MISSING) -> str:
+    """Display text: floats with ``digits`` decimals (COCO's -1 as ``-1``), ints as they are,
+    None as ``missing``."""
+    if value is None:
+        return missing
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value == -1:
+            return "-1"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_cell(value, missing: str = MISSING) -> str:
+    """A cell's display text; with an interval ``0.812 [0.790, 0.833]``."""
+    cell = _as_cell(value)
+    text = format_value(cell.value, cell.digits, missing)
+    if cell.ci is not None and cell.value is not None:
+        lo, hi = cell.ci
+        text += f" [{lo:.{cell.digits}f}, {hi:.{cell.digits}f}]"
+    return text
+
+
+def table_markdown(table: Table, heading: str | None = "###") -> str:
+    """The table as Markdown (``heading`` + title first, the note after)."""
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    parts = []
+    if heading:
+        parts.append(f"{heading} {table.title}\n")
+    parts.append(markdown([esc(h) for h in table.header],
+                          [[esc(format_cell(v)) for v in row] for row in table.rows]))
+    if table.note:
+        parts.append(f"\n{table.note}\n")
+    return "\n".join(parts)
+
+
+def _ci_columns(table: Table) -> list[bool]:
+    return [any(isinstance(r[j], Cell) and r[j].ci is not None for r in table.rows)
+            for j in range(len(table.header))]
+
+
+def _csv_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def table_csv(table: Table) -> str:
+    """The table as CSV: full-precision values; a column with intervals is followed by
+    ``<column> ci95 low`` and ``<column> ci95 high``."""
+    with_ci = _ci_columns(table)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = []
+    for h, ci in zip(table.header, with_ci):
+        header += [h, f"{h} ci95 low", f"{h} ci95 high"] if ci else [h]
+    writer.writerow(header)
+    for row in table.rows:
+        out = []
+        for value, ci in zip(row, with_ci):
+            cell = _as_cell(value)
+            out.append(_csv_value(cell.value))
+            if ci:
+                lo, hi = cell.ci if cell.ci is not None else (None, None)
+                out += [_csv_value(lo), _csv_value(hi)]
+        writer.writerow(out)
+    return buffer.getvalue()
+
+
+def _get_ci(block: dict, metric: str | None):
+    if not metric:
+        return None
+    ci = ((block.get("bootstrap") or {}).get("ci95") or {}).get(metric)
+    return (float(ci[0]), float(ci[1])) if ci else None
+
+
+def _froc_at(froc: dict | None, fp: float):
+    if not froc:
+        return None
+    fps = [float(f) for f in froc.get("fps", [])]
+    sens = froc.get("sens", [])
+    return sens[fps.index(float(fp))] if float(fp) in fps and fps.index(float(fp)) < len(sens) \
+        else None
+
+
+def _fp_label(fp: float) -> str:
+    return f"{fp:g}"
+
+
+def backend_table(runs: list[tuple[str, dict, dict]]) -> Table:
+    """One row per evaluated run: ``runs`` = (label, run block, its metrics.json document)."""
+    header = (["run", "images", "COCO AP", "AP50", "AP75", "VOC mAP"]
+              + [f"FROC@{_fp_label(f)}" for f in FROC_FPS]
+              + ["FROC mean@0.5-4", "score", "precision", "recall", "F1"])
+    rows = []
+    for label, b, _doc in runs:
+        coco, voc, froc, at = b.get("coco", {}), b.get("voc", {}), b.get("froc", {}), \
+            b.get("at_score", {})
+        row = [label, b.get("n_images"),
+               Cell(coco.get("AP"), _get_ci(b, "coco.AP")),
+               Cell(coco.get("AP50"), _get_ci(b, "coco.AP50")),
+               coco.get("AP75"),
+               Cell(voc.get("map_all"), _get_ci(b, "voc.map_all"))]
+        for f in FROC_FPS:
+            row.append(Cell(_froc_at(froc, f), _get_ci(b, "froc.sens@4") if f == 4 else None))
+        row += [Cell(froc.get("mean_sens_0.5_4"), _get_ci(b, "froc.mean_sens_0.5_4")),
+                Cell(at.get("score"), digits=2), at.get("precision"), at.get("recall"),
+                Cell(at.get("f1"), _get_ci(b, "at_score.f1"))]
+        rows.append(row)
+    note = ("COCO AP = AP@[.5:.95] (pycocotools); VOC mAP = all-point at the evaluation's IoU; "
+            "FROC = sensitivity at FP/image (official DeepLesion protocol); precision, recall, "
+            "F1 at score >= the `score` column. Brackets: patient-level bootstrap 95% interval "
+            "(`lesion eval --bootstrap`). Definitions: docs/metrics.md.")
+    return Table("backends", "Backend comparison", header, rows, note)
+
+
+def per_class_table(runs: list[tuple[str, dict, dict]]) -> Table:
+    header = ["run", "category_id", "class", "n_gt", "AP", "AP50", "AP75", "AR100",
+              "VOC AP all-point", "VOC AP 11-point"]
+    rows = []
+    for label, b, _doc in runs:
+        for cat_id, c in (b.get("per_class") or {}).items():
+            rows.append([label, int(cat_id), c.get("name"), c.get("n_gt"), c.get("AP"),
+                         c.get("AP50"), c.get("AP75"), c.get("AR100"), c.get("voc_ap_all"),
+                         c.get("voc_ap11")])
+    note = "COCO AP per class (-1: no ground truth of that class); VOC AP at the evaluation's IoU."
+    return Table("per_class", "Average precision per class", header, rows, note)
+
+
+def froc_table(runs: list[tuple[str, dict, dict]]) -> Table:
+    """FROC sensitivity at every FP rate: all lesions (and the strict variant when computed),
+    then each size and type stratum."""
+    header = (["run", "lesions", "subset"] + [f"@{_fp_label(f)} FP/img" for f in FROC_FPS]
+              + ["mean@0.5-4"])
+    rows = []
+
+    def add(label, subset, froc, n, cis=False):
+        row = [label, n, subset]
+        for f in FROC_FPS:
+            row.append(Cell(_froc_at(froc, f), _get_ci(b, "froc.sens@4") if cis and f == 4
+                            else None))
+        row.append(Cell((froc or {}).get("mean_sens_0.5_4"),
+                        _get_ci(b, "froc.mean_sens_0.5_4") if cis else None))
+        rows.append(row)
+
+    for label, b, _doc in runs:
+        froc = b.get("froc") or {}
+        add(label, "all", froc, froc.get("n_lesions"), cis=True)
+        if b.get("froc_strict"):
+            add(label, "all (strict)", b["froc_strict"], b["froc_strict"].get("n_lesions"))
+        for kind in ("size", "type"):
+            for name, s in ((b.get("strata") or {}).get(kind) or {}).items():
+                add(label, f"{kind} {name}", s.get("froc"), s.get("n_lesions"))
+    note = ("Sensitivity at 0.5-16 false positives per image (official DeepLesion FROC). Strata "
+            "keep every detection and restrict the lesions (docs/metrics.md section 8).")
+    return Table("froc", "FROC sensitivity", header, rows, note)
+
+
+def box_size_table(runs: list[tuple[str, dict, dict]]) -> Table:
+    """The seed study's tables 6-7 from ``box_size``: predictions bigger / smaller than their
+    ground truth and by how much (area factors >= 1)."""
+    header = ["run", "score", "IoU", "matched", "bigger share", "bigger mean", "bigger median",
+              "bigger min", "bigger max", "smaller share", "smaller mean", "smaller median",
+              "smaller min", "smaller max", "equal share", "pred/gt mean", "pred/gt median",
+              "pred/gt geo. mean"]
+    rows = []
+    for label, b, _doc in runs:
+        s = b.get("box_size") or {}
+        big, small = s.get("bigger") or {}, s.get("smaller") or {}
+        ratio = s.get("ratio_pred_over_gt") or {}
+        rows.append([label, Cell(s.get("score"), digits=2), Cell(s.get("iou"), digits=2),
+                     s.get("n_matched"), big.get("share"), big.get("mean"), big.get("median"),
+                     big.get("min"), big.get("max"), small.get("share"), small.get("mean"),
+                     small.get("median"), small.get("min"), small.get("max"),
+                     (s.get("equal") or {}).get("share"), ratio.get("mean"), ratio.get("median"),
+                     ratio.get("geometric_mean")])
+    note = ("True positives at the score threshold and IoU; box areas w x h. Factors: "
+            "pred/gt for bigger, gt/pred for smaller (both >= 1).")
+    return Table("box_size", "Box size agreement", header, rows, note)
