@@ -783,43 +783,58 @@ def report(runs, evals, prepared, out_dir, pdf, images, n_overlay) -> None:
 @click.option("--patients", default=12, show_default=True, type=click.IntRange(3, 9999),
               help="Synthetic patients.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic data.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(1),
+              help="Faster R-CNN epochs (CPU, from scratch).")
+@click.option("--size", "size_px", default=128, show_default=True, type=click.IntRange(64, 1024),
+              help="Synthetic slice size and model input size in px.")
+@click.option("--darknet-iterations", default=20, show_default=True, type=click.IntRange(0),
+              help="darknet iterations when a darknet binary is found (0: skip darknet).")
+@click.option("--darknet", "darknet_bin", default=None,
+              help="darknet binary (default: $DARKNET, then `darknet` on PATH).")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: all cores).")
-def demo(out: Path, patients: int, seed: int, workers) -> None:
-    """Run the toolkit end to end on synthetic data and say where everything is.
+def demo(out: Path, patients: int, seed: int, epochs: int, size_px: int,
+         darknet_iterations: int, darknet_bin, workers) -> None:
+    """Run the whole toolkit on synthetic data and print where everything is.
 
-    Today: synth -> prepare (universal task on the official split, the DeepLesion benchmark
-    setting). Later steps (anchors, train, eval, report) join as they land.
+    synth -> prepare -> anchors -> cfg -> a short CPU Faster R-CNN training -> predict ->
+    a few darknet iterations (when darknet is installed) -> eval -> report, in a few minutes on
+    2 CPU cores. Each step prints the `lesion` command it stands for. Training is short and
+    from scratch: the APs show the path, not what the detectors can do.
 
     \b
-    Example:
+    Examples:
       lesion demo                # into ./lesion-demo
-      lesion demo /tmp/demo --patients 30
+      lesion demo /tmp/demo --patients 30 --epochs 10
     """
-    from deeplesion_cli.deeplesion.synth import synthesize
-    from deeplesion_cli.prepare import PrepareOptions
-    from deeplesion_cli.prepare import prepare as run_prepare
+    from deeplesion_cli.demo import DemoOptions, run_demo
 
-    out = Path(out)
-    data_dir, prepared_dir = out / "deeplesion", out / "prepared"
-    click.echo(f"[1/2] lesion synth {data_dir} --patients {patients} --seed {seed}", err=True)
-    synthesized = synthesize(data_dir, patients=patients, seed=seed, workers=workers)
-    click.echo(f"[2/2] lesion prepare {data_dir} {prepared_dir}", err=True)
-    result = run_prepare(data_dir, prepared_dir,
-                         PrepareOptions(task="universal", split="official"), workers=workers)
-    for warning in result.warnings:
-        _warn(warning)
-    _print_prepare_summary(result)
-    click.echo("")
-    click.echo(f"synthetic DeepLesion : {data_dir}  ({len(synthesized.rows)} lesions, "
-               f"{synthesized.n_png} slice PNGs)")
-    click.echo(f"  DL_info.csv        : {synthesized.csv_path}")
-    click.echo(f"prepared folder      : {prepared_dir}")
-    click.echo(f"  COCO               : {prepared_dir / 'coco'}/{{train,val,test}}.json")
-    click.echo(f"  darknet            : {prepared_dir / 'obj.data'} (+ train.txt, valid.txt, "
-               f"obj.names; labels beside the images)")
-    click.echo(f"  Ultralytics        : {prepared_dir / 'data.yaml'}")
-    click.echo(f"  manifest           : {prepared_dir / 'manifest.json'}")
+    options = DemoOptions(patients=patients, seed=seed, synth_size_px=size_px,
+                          model_size_px=size_px, epochs=epochs,
+                          darknet_iterations=darknet_iterations, darknet=darknet_bin,
+                          workers=workers)
+    result = _darknet_errors(lambda: _frcnn_errors(
+        lambda: run_demo(out, options, log=lambda line: click.echo(line, err=True))))
+    for note in result.notes:
+        _warn(note)
+    from rich.table import Table
+
+    from deeplesion_cli.report.tables import summary_rows
+
+    header, rows = summary_rows(result.metrics)
+    table = Table(title=f"test split of {result.prepared} (Faster R-CNN after {epochs} CPU "
+                        "epochs from scratch)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+    click.echo(f"synthetic DeepLesion : {out / 'deeplesion'}")
+    click.echo(f"prepared folder      : {result.prepared}  (COCO, darknet, data.yaml, manifest)")
+    for name, run in result.runs.items():
+        click.echo(f"{name + ' run':<21}: {run}")
+    click.echo(f"evaluation           : {result.eval_dir / 'metrics.json'}")
+    click.echo(f"report               : {result.report_index}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,11 +65,30 @@ def test_bad_options_are_usage_errors(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    result = CliRunner().invoke(main, ["demo", str(tmp_path / "demo"), "--patients", "3",
-                                       "--workers", "2"])
+    import json
+    import shutil
+
+    out = tmp_path / "demo"
+    args = ["demo", str(out), "--patients", "8", "--epochs", "1", "--size", "64",
+            "--darknet-iterations", "2", "--workers", "2"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "prepared" / "manifest.json").is_file()
-    assert "obj.data" in result.output and "coco" in result.output
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    backends = {"frcnn", "yolo"} if shutil.which("darknet") else {"frcnn"}
+    assert set(metrics["runs"]) == backends
+    for name in backends:
+        dets = json.loads((out / f"{name}.json").read_text())
+        assert metrics["runs"][name]["n_detections"] == len(dets)
+    index = (out / "report" / "index.md").read_text()
+    assert "frcnn" in index and str(out / "report" / "index.md") in result.output
+    assert (out / "runs" / "frcnn" / "last.pt").is_file()
+    assert "lesion train frcnn" in result.output  # each step shows its command
+    # a second run reuses everything and trains nothing
+    mtime = (out / "runs" / "frcnn" / "last.pt").stat().st_mtime_ns
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "already trained" in result.output
+    assert (out / "runs" / "frcnn" / "last.pt").stat().st_mtime_ns == mtime
 
 
 def test_darknet_unsafe_output_path_is_warned_about(tmp_path):
