@@ -740,6 +740,63 @@ def eval_(ground_truth, predictions, named_preds, pred_format, names, split, iou
     _console().print(table)
 
 
+@main.command("matrix")
+@click.argument("experiments", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the shell lines of the remaining steps, in order, one per line (for a "
+                   "cluster queue); run nothing.")
+@click.option("--only", multiple=True, metavar="NAME",
+              help="Train and predict only this experiment (repeatable); the evaluation and "
+                   "report still cover every complete experiment.")
+def matrix_(experiments: Path, print_only: bool, only) -> None:
+    """Run a TOML table of experiments, then evaluate and report them together.
+
+    EXPERIMENTS lists experiments (backend frcnn or yolo and their options; format in
+    docs/examples/seed-table2.toml). Each one trains in OUT/<name>/ (finished ones are skipped,
+    interrupted ones resumed) and is predicted on the file's split; all complete experiments are
+    evaluated into OUT/eval/ (as `lesion eval --out`), reported into OUT/report/ and compared
+    in OUT/comparison.md.
+
+    \b
+    Examples:
+      lesion matrix docs/examples/seed-table2.toml --print > jobs.sh
+      lesion matrix experiments.toml
+      lesion matrix experiments.toml --only frcnn-adam --only frcnn-sgd
+    """
+    from deeplesion_cli import matrix as mx
+
+    try:
+        loaded = mx.load_matrix(experiments)
+        if print_only:
+            for line in mx.remaining_lines(loaded, only):
+                click.echo(line)
+            return
+        result = mx.run_matrix(loaded, only=only, log=lambda line: click.echo(line, err=True))
+    except mx.MatrixError as exc:
+        raise InputError(str(exc)) from None
+    for warning in result.warnings:
+        _warn(warning)
+    from rich.table import Table
+
+    table = Table(title=f"{experiments} ({loaded.split} split)")
+    columns = ["experiment", "backend", "options", "status"] + [
+        h for h, _, _ in mx.COMPARISON_METRICS]
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="right" if i >= 4 else "left")
+    for row in result.rows:
+        table.add_row(row["experiment"], row["backend"], row["options"], row["status"],
+                      *[mx.fmt_metric(row[key]) for _, key, _ in mx.COMPARISON_METRICS])
+    _console().print(table)
+    click.echo(f"comparison: {result.comparison_md}")
+    if result.metrics_json is not None:
+        click.echo(f"evaluation: {result.metrics_json.parent}")
+    if result.report_index is not None:
+        click.echo(f"report: {result.report_index}")
+    if result.failures:
+        raise RunFailed("; ".join(f"{name}: {message}"
+                                  for name, message in result.failures.items()))
+
+
 @main.command("report")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--eval", "evals", multiple=True,
