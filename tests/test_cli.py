@@ -83,6 +83,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "frcnn" in index and str(out / "report" / "index.md") in result.output
     assert (out / "runs" / "frcnn" / "last.pt").is_file()
     assert "lesion train frcnn" in result.output  # each step shows its command
+    import csv
+
+    report = out / "report"
+    for name in backends:
+        assert (report / "runs" / f"{name}_curves.png").is_file()
+    assert (report / "eval" / "froc.png").is_file()
+    with open(report / "tables" / "backends.csv", newline="") as f:
+        table = {row["run"]: row for row in csv.DictReader(f)}
+    for name in backends:
+        coco = metrics["runs"][name]["coco"]
+        assert float(table[name]["AP50"]) == coco["AP50"]
+        assert float(table[name]["FROC mean@0.5-4"]) == \
+            metrics["runs"][name]["froc"]["mean_sens_0.5_4"]
     # a second run reuses everything and trains nothing
     mtime = (out / "runs" / "frcnn" / "last.pt").stat().st_mtime_ns
     result = CliRunner().invoke(main, args)
