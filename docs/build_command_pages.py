@@ -30,11 +30,12 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
 def help_text(path: tuple[str, ...]) -> str:
     from deeplesion_cli.cli import main
 
-    ctx = click.Context(main, info_name="lesion", max_content_width=100, terminal_width=100)
+    # the group's context settings (-h as well as --help), as a real invocation inherits them
+    settings = dict(main.context_settings, max_content_width=100, terminal_width=100)
+    ctx = click.Context(main, info_name="lesion", **settings)
     command: click.Command = main
     for name in path:
-        ctx = click.Context(command.commands[name], info_name=name, parent=ctx,
-                            max_content_width=100, terminal_width=100)
+        ctx = click.Context(command.commands[name], info_name=name, parent=ctx, **settings)
         command = command.commands[name]
     return command.get_help(ctx)
 
