@@ -97,7 +97,7 @@ def _state(path: Path) -> dict:
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
-    opts = dict(FAST, augment="seed", scheduler="cosine", warmup_steps=2)
+    opts = dict(FAST, augment="seed", scheduler="cosine", warmup_steps=2, eval_train_images=0)
     full = engine.train(prepared, tmp_path / "full", engine.TrainOptions(**opts, epochs=2),
                         show_progress=False)
     assert full.epochs_done == 2
@@ -123,7 +123,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
 
 
 def test_resume_with_more_epochs_equals_a_longer_run_without_schedule(prepared, tmp_path):
-    opts = dict(FAST, augment="seed", balanced=True)
+    opts = dict(FAST, augment="none", balanced=True, eval_train_images=0)
     engine.train(prepared, tmp_path / "full", engine.TrainOptions(**opts, epochs=2),
                  show_progress=False)
     engine.train(prepared, tmp_path / "split", engine.TrainOptions(**opts, epochs=1),

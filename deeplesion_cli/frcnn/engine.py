@@ -249,6 +249,9 @@ def set_deterministic(enabled: bool) -> None:
         # roi_align's backward has no deterministic CUDA kernel: warn instead of failing
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
+        # undo an earlier deterministic run in this process (the setting is global)
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
 
 
