@@ -52,7 +52,7 @@ def ensure_prepared(work: Path, patients: int, synth_size: int, seed: int,
     root = work / f"synth_p{patients}_s{synth_size}_seed{seed}"
     if not (root / "DL_info.csv").is_file():
         synthesize(root, patients=patients, seed=seed, size_px=synth_size,
-                   workers=min(2, os.cpu_count() or 1), show_progress=False)
+                   workers=os.cpu_count() or 1, show_progress=False)
     prepare(root, prepared, options, show_progress=False)
     return prepared
 
@@ -65,7 +65,8 @@ def make_anchors(prepared: Path, k: int, size_px: int, out: Path) -> dict:
     return anchors.to_json(result)
 
 
-def evaluate_split(run: Path, prepared: Path, split: str, out_dir: Path) -> dict:
+def evaluate_split(run: Path, prepared: Path, split: str, out_dir: Path,
+                   device: str = "cpu") -> dict:
     """``lesion predict frcnn RUN PREPARED --split SPLIT`` then ``lesion eval PREPARED FILE``."""
     from deeplesion_cli.evaluation.data import load_ground_truth
     from deeplesion_cli.evaluation.evaluate import evaluate_runs
@@ -74,7 +75,7 @@ def evaluate_split(run: Path, prepared: Path, split: str, out_dir: Path) -> dict
     from deeplesion_cli.frcnn.predict import predict
 
     out_json = out_dir / f"detections_{split}.json"
-    result = predict(run, prepared, out_json, split=split, workers=0, device="cpu",
+    result = predict(run, prepared, out_json, split=split, workers=0, device=device,
                      show_progress=False)
     gt_path, _ = resolve_ground_truth(prepared, split)
     gt = load_ground_truth(gt_path)
@@ -150,7 +151,10 @@ def parse_args(argv=None):
                         help="torch.set_num_threads (0: torch's default); 1 is the fastest on a "
                              "shared 2-core machine")
     parser.add_argument("--eval-train-images", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="the check is meant for the CPU; cuda explores settings faster")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-name", default="run", help="run folder inside --work")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for data and the run (default: a temporary one, removed)")
     return parser.parse_args(argv)
@@ -178,7 +182,7 @@ def main() -> int:
     counts = {s: len(PreparedSplit(prepared, s)) for s in ("train", "val", "test")}
     log(f"data: {args.patients} synthetic patients of {args.synth_size} px, images {counts}")
 
-    run = work / "run"
+    run = work / args.run_name
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     anchors_path = None
@@ -191,13 +195,14 @@ def main() -> int:
         arch=args.arch, pretrained="none", anchors=str(anchors_path) if anchors_path else None,
         size_px=args.size, epochs=args.max_epochs, batch_size=args.batch_size, optimizer="adam",
         lr=args.lr, scheduler=args.scheduler, warmup_steps=args.warmup_steps,
-        clip_grad=args.clip_grad, augment=args.augment, device="cpu", workers=args.workers,
+        clip_grad=args.clip_grad, augment=args.augment, device=args.device, workers=args.workers,
         seed=args.seed, eval_train_images=args.eval_train_images, select="map50")
     settings = (f"{args.arch} from scratch, input {args.size} px, batch {args.batch_size}, Adam "
                 f"lr {args.lr:g} ({args.warmup_steps} warm-up steps, {args.scheduler} schedule), "
                 f"augment {args.augment}, anchors "
                 f"{'k-means k=' + str(args.anchors_k) if args.anchors_k else 'default'}, "
-                f"{args.workers} loader worker(s), {torch.get_num_threads()} torch thread(s)")
+                f"{args.workers} loader worker(s), {torch.get_num_threads()} torch thread(s), "
+                f"device {args.device}")
     log(f"train: {settings}; budget {args.budget_min:g} min")
     budget_s = args.budget_min * 60
     trained = train_within_budget(prepared, run, options, budget_s, log)
@@ -216,8 +221,8 @@ def main() -> int:
     log(f"trained {trained['epochs']} epochs in {trained['seconds'] / 60:.1f} min "
         f"(budget {args.budget_min:g} min); best metrics.csv val_mAP50 {best_csv:.4f}")
 
-    val = evaluate_split(run, prepared, "val", run)
-    test = evaluate_split(run, prepared, "test", run)
+    val = evaluate_split(run, prepared, "val", run, args.device)
+    test = evaluate_split(run, prepared, "test", run, args.device)
     for block in (val, test):
         log(f"lesion predict + eval, {block['split']} ({block['images']} images, "
             f"{block['boxes']} lesions, {block['checkpoint']}): AP50 {block['AP50']:.4f}, "

@@ -626,18 +626,21 @@ def frcnn_train_line(matrix: Matrix, exp: Experiment, cwd: Path, resume: bool = 
     for key, (kind, flag) in FRCNN_OPTIONS.items():
         if resume and key not in RESUMABLE_OVERRIDES:
             continue
-        value = getattr(options, key)
-        if value is None or value is False:
-            continue
-        if kind == "bool":
-            words.append(flag)
-        elif kind == "path":
-            words += [flag, _shell_path(Path(value), cwd)]
-        elif kind == "int_list":
-            words += [flag, ",".join(str(v) for v in value)]
-        else:
-            words += [flag, _number(value)]
+        words += _flag_words(kind, flag, getattr(options, key), cwd)
     return _line(words)
+
+
+def _flag_words(kind: str, flag: str, value, cwd: Path) -> list:
+    """The command-line words of one option (none when unset or a false flag)."""
+    if value is None or value is False:
+        return []
+    if kind == "bool":
+        return [flag]
+    if kind == "path":
+        return [flag, _shell_path(Path(value), cwd)]
+    if kind == "int_list":
+        return [flag, ",".join(str(v) for v in value)]
+    return [flag, _number(value)]
 
 
 def frcnn_predict_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:
@@ -663,15 +666,7 @@ def yolo_cfg_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:
     for key, (kind, command, flag) in YOLO_OPTIONS.items():
         if command != "cfg":
             continue
-        value = getattr(options, key)
-        if value is None or value is False:
-            continue
-        if kind == "bool":
-            words.append(flag)
-        elif kind == "path":
-            words += [flag, _shell_path(Path(value), cwd)]
-        else:
-            words += [flag, _number(value)]
+        words += _flag_words(kind, flag, getattr(options, key), cwd)
     words += ["-o", _shell_path(exp.cfg_path, cwd)]
     return _line(["mkdir", "-p", _shell_path(exp.run_dir, cwd)]) + " && " + _line(words)
 
