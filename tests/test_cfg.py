@@ -153,21 +153,40 @@ def test_classes_and_filters(arch, classes, filters):
     assert errors(check_cfg(cfg, data_classes=classes + 1))
 
 
-@pytest.mark.parametrize("kwargs,max_batches,steps", [
-    (dict(classes=1), 6000, "4800,5400"),
-    (dict(classes=3), 6000, "4800,5400"),
-    (dict(classes=4), 8000, "6400,7200"),
-    (dict(classes=8), 16000, "12800,14400"),
-    (dict(classes=2, n_train_images=9000), 9000, "7200,8100"),
-    (dict(classes=8, n_train_images=9000), 16000, "12800,14400"),
-    (dict(classes=2, max_batches=20), 20, "16,18"),
-    (dict(classes=2, max_batches=12345), 12345, "9876,11110"),
+@pytest.mark.parametrize("kwargs,max_batches,steps,burn_in", [
+    (dict(classes=1), 6000, "4800,5400", 1000),
+    (dict(classes=3), 6000, "4800,5400", 1000),
+    (dict(classes=4), 8000, "6400,7200", 1000),
+    (dict(classes=8), 16000, "12800,14400", 1000),
+    (dict(classes=2, n_train_images=9000), 9000, "7200,8100", 1000),
+    (dict(classes=8, n_train_images=9000), 16000, "12800,14400", 1000),
+    # short runs: a sixth of max_batches, so the warm-up ends and the rate reaches lr
+    (dict(classes=2, max_batches=20), 20, "16,18", 3),
+    (dict(classes=2, max_batches=600), 600, "480,540", 100),
+    (dict(classes=2, max_batches=5999), 5999, "4799,5399", 999),
+    (dict(classes=2, max_batches=1), 1, "0,0", 1),
+    (dict(classes=2, max_batches=12345), 12345, "9876,11110", 1000),
+    (dict(classes=2, max_batches=600, burn_in=0), 600, "480,540", 0),
+    (dict(classes=2, max_batches=600, burn_in=250), 600, "480,540", 250),
 ])
-def test_max_batches_and_steps(kwargs, max_batches, steps):
+def test_max_batches_steps_and_burn_in(kwargs, max_batches, steps, burn_in):
     net = parse_cfg(generate_cfg("yolov3-tiny", **kwargs)).net
     assert net.int("max_batches") == max_batches
     assert net.get("steps") == steps
+    assert net.int("burn_in") == burn_in
     assert net.get("policy") == "steps" and net.get("scales") == ".1,.1"
+
+
+def test_burn_in_at_or_beyond_max_batches_is_a_warning_with_the_rate_reached():
+    cfg = parse_cfg(generate_cfg("yolov3-tiny", 1, max_batches=100, burn_in=1000))
+    problems = check_cfg(cfg)
+    assert [(p.key, p.severity) for p in problems] == [("burn_in", "warning")]
+    assert "burn_in=1000 >= max_batches=100" in problems[0].message
+    assert "0.0001 x learning_rate" in problems[0].message  # (100 / 1000) ** 4
+    assert problems[0].line == cfg.net.option_lines["burn_in"]
+    assert check_cfg(parse_cfg(generate_cfg("yolov3-tiny", 1, max_batches=100))) == []
+    with pytest.raises(ValueError, match="burn_in must be >= 0"):
+        generate_cfg("yolov3-tiny", 1, burn_in=-1)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -452,8 +471,10 @@ def test_batch_subdivisions_and_schedule(v4_text, v4):
     assert [(p.line, p.key) for p in problems] == [(line, "subdivisions")]
 
     line = net.option_lines["max_batches"]
-    problems = errors(check_cfg(parse_cfg(replace_line(v4_text, line, "max_batches=5000"))))
-    assert [(p.line, p.key) for p in problems] == [(net.option_lines["steps"], "steps")]
+    # a step beyond max_batches never applies: darknet trains anyway, so it is a warning
+    problems = check_cfg(parse_cfg(replace_line(v4_text, line, "max_batches=5000")))
+    assert [(p.line, p.key, p.severity) for p in problems] == [
+        (net.option_lines["steps"], "steps", "warning")]
     assert "5400 is beyond max_batches=5000" in problems[0].message
 
     line = net.option_lines["steps"]

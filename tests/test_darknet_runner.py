@@ -326,15 +326,18 @@ def test_commands_carry_only_flags_the_fork_knows():
 
 # ------------------------------------------------------------------------- a tiny prepared set
 
-def tiny_cfg(path: Path, max_batches: int = MAX_BATCHES, filters: int = 18) -> Path:
-    """A 1-class yolov3-tiny at 128 px made from the stock Debian cfg (batch 2, no NaN)."""
+def tiny_cfg(path: Path, max_batches: int = MAX_BATCHES, filters: int = 18,
+             burn_in: int | None = None) -> Path:
+    """A 1-class yolov3-tiny at 128 px made from the stock Debian cfg (batch 2; burn_in half of
+    max_batches by default: the rate rises above 0, and no NaN)."""
+    burn_in = max(1, max_batches // 2) if burn_in is None else burn_in
     text = STOCK_CFG.read_text()
     subs = [(r"(?m)^batch=1$", "batch=2"), (r"(?m)^width=416$", "width=128"),
             (r"(?m)^height=416$", "height=128"),
             (r"(?m)^max_batches = 500200$", f"max_batches = {max_batches}"),
             (r"(?m)^steps=400000,450000$", f"steps={max(1, int(max_batches * .8))},"
                                            f"{max(1, int(max_batches * .9))}"),
-            (r"(?m)^burn_in=1000$", "burn_in=1000"), (r"(?m)^classes=80$", "classes=1"),
+            (r"(?m)^burn_in=1000$", f"burn_in={burn_in}"), (r"(?m)^classes=80$", "classes=1"),
             (r"(?m)^filters=255$", f"filters={filters}"), (r"(?m)^random=1$", "random=0")]
     for pattern, replacement in subs:
         text, n = re.subn(pattern, replacement, text)
@@ -621,6 +624,39 @@ def test_bad_cfg_is_refused_before_launch_and_real_darknet_failures_are_judged(p
     assert any("Assertion" in r for r in reasons)
     assert any("no training iteration" in r for r in reasons)
     assert outcome.tail and "Assertion" in outcome.tail[-1]
+
+
+@needs_darknet
+def test_a_run_that_never_leaves_its_warm_up_fails(prepared, base):
+    """The stock burn_in=1000 in a 4-iteration run: darknet prints `0.000000 rate` throughout
+    and exits 0 with final weights; lesion calls it a failure and names burn_in."""
+    cfg = tiny_cfg(base / "cfgs-burn" / "tiny.cfg", max_batches=4, burn_in=1000)
+    run = base / "run-burn"
+    with pytest.raises(runner.DarknetRunError) as caught:
+        runner.train(prepared, cfg, run, show_progress=False)
+    message = str(caught.value)
+    assert "the learning rate was 0 at every iteration (1-4)" in message
+    assert "burn_in=1000" in message and "--burn-in" in message
+    assert (run / "backup" / "tiny_final.weights").is_file()  # darknet itself saw no problem
+    rows = runlog.read_metrics(run / "metrics.csv")
+    assert [r["lr"] for r in rows] == [0.0] * 4
+
+
+def test_judge_training_zero_rate_rule_reads_every_iteration(tmp_path):
+    from deeplesion_cli.darknet.runner import RunOutcome
+
+    def outcome(rates):
+        out = RunOutcome(returncode=0, log_path=tmp_path / "darknet.log")
+        for i, rate in enumerate(rates, 1):
+            out.record(f"{i}: 5.0, 6.0 avg, {rate:f} rate, 0.3 seconds, {2 * i} images")
+        return out
+
+    final = tmp_path / "x_final.weights"
+    final.write_bytes(b"w")
+    assert runner.judge_training(outcome([0, 0, 0.000001]), 3, final, burn_in=3) == []
+    reasons = runner.judge_training(outcome([0, 0, 0]), 3, final, burn_in=0)
+    assert reasons == ["the learning rate was 0 at every iteration (1-3), so nothing was "
+                       "learnt: learning_rate is 0 or the policy brought it to 0"]
 
 
 @needs_darknet

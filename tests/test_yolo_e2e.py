@@ -106,3 +106,27 @@ def test_anchors_command_feeds_cfg(prepared, tmp_path):
     anchors = [float(v) for v in yolo[0].get("anchors").split(",")]
     assert anchors == pytest.approx([v for wh in document["anchors"] for v in wh], abs=0.51)
     assert sorted(i for s in yolo for i in s.ints("mask")) == list(range(6))
+
+
+def test_cfg_burn_in_follows_max_batches_and_warns(prepared, tmp_path):
+    from deeplesion_cli.darknet.cfg import parse_cfg
+
+    _, prep = prepared
+    cfg = tmp_path / "short.cfg"
+    result = CliRunner().invoke(main, ["cfg", str(prep), "--arch", "yolov3-tiny", "--size", "128",
+                                       "--max-batches", "300", "-o", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "burn_in=50, max_batches=300, steps=240,270" in result.output
+    assert parse_cfg(cfg.read_text()).net.int("burn_in") == 50
+    assert "Warning" not in result.stderr
+    # --burn-in sets it; at or beyond max_batches it is written, with a warning
+    result = CliRunner().invoke(main, ["cfg", str(prep), "--arch", "yolov3-tiny", "--size", "128",
+                                       "--max-batches", "300", "--burn-in", "1000",
+                                       "-o", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert parse_cfg(cfg.read_text()).net.int("burn_in") == 1000
+    assert "burn_in=1000 >= max_batches=300" in result.stderr
+    check = CliRunner().invoke(main, ["cfg", "--check", str(cfg)])
+    assert check.exit_code == 0 and "warning: [net] burn_in: burn_in=1000 >= max_batches=300" \
+        in check.output
+    assert "0 error(s), 1 warning(s)" in check.stderr

@@ -563,9 +563,16 @@ def _check_net(net: Section) -> list[Problem]:
             for st in steps:
                 if st > max_batches:
                     err("steps", f"step {st} is beyond max_batches={max_batches}: it never "
-                        "applies")
+                        "applies", "warning")
                 elif st == max_batches:
                     err("steps", f"step {st} equals max_batches: it never applies", "warning")
+    burn_in = net.int("burn_in", 0) if "burn_in" in net.options else 0
+    if burn_in > 0 and max_batches is not None and max_batches >= 1 and burn_in >= max_batches:
+        power = net.float("power", 4.0) if "power" in net.options else 4.0
+        reached = (max_batches / burn_in) ** power
+        err("burn_in", f"burn_in={burn_in} >= max_batches={max_batches}: the whole run is "
+            f"warm-up, ending at {reached:.2g} x learning_rate (rate x (iteration / burn_in) ^ "
+            f"{power:g}); set burn_in below max_batches (`lesion cfg --burn-in`)", "warning")
     return out
 
 

@@ -6,7 +6,8 @@ AlexeyAB's README rules for custom detectors (darknet.md 2):
   before it;
 * ``width``/``height`` multiples of 32, ``batch``/``subdivisions``;
 * ``max_batches = max(2000 x classes, training images, 6000)`` unless given, ``steps`` at 80% and
-  90% of it;
+  90% of it, ``burn_in`` = the stock 1000 or a sixth of ``max_batches`` when that is less
+  (:func:`default_burn_in`: a short run must leave its warm-up);
 * ``flip=0`` (left and right differ in CT), ``mosaic=0``, ``random=0`` (pjreddie resizes to
   320..608 px whatever the cfg says) unless asked otherwise;
 * custom anchors re-split over the ``[yolo]`` layers by size (:func:`split_anchors`);
@@ -95,6 +96,21 @@ def default_max_batches(classes: int, n_train_images: int = 0) -> int:
     return max(2000 * classes, n_train_images, 6000)
 
 
+#: The stock cfgs' warm-up (iterations) and the README's smallest max_batches it was set for.
+STOCK_BURN_IN = 1000
+STOCK_MIN_MAX_BATCHES = 6000
+
+
+def default_burn_in(max_batches: int) -> int:
+    """``burn_in`` for a run of ``max_batches`` iterations: the stock 1000, or a sixth of
+    ``max_batches`` when that is less (the stock ratio at 6000 iterations), at least 1.
+
+    darknet's warm-up multiplies the rate by ``(iteration / burn_in) ** power`` (power 4): with
+    the stock burn_in=1000, a 100-iteration run trains at 1e-4 of ``learning_rate`` at best,
+    which its log prints as ``0.000000 rate``, so nothing is learnt."""
+    return max(1, min(STOCK_BURN_IN, max_batches * STOCK_BURN_IN // STOCK_MIN_MAX_BATCHES))
+
+
 def default_steps(max_batches: int) -> tuple[int, int]:
     """README: 80% and 90% of max_batches."""
     return max_batches * 8 // 10, max_batches * 9 // 10
@@ -148,13 +164,14 @@ def generate_cfg(arch: str, classes: int, size=(416, 416), anchors_px=None, batc
                  subdivisions: int = 16, max_batches: int | None = None,
                  n_train_images: int = 0, small_objects: bool = False, mosaic: bool = False,
                  flip: bool = False, learning_rate: float | None = None, random: bool = False,
-                 stopbackward: int | None = None) -> str:
+                 stopbackward: int | None = None, burn_in: int | None = None) -> str:
     """A checked darknet training cfg (text) for ``arch`` with ``classes`` classes.
 
     ``size``: (width, height), multiples of 32. ``anchors_px``: k (w, h) pairs in network-input
     pixels (any order; e.g. from ``darknet detector calc_anchors``), put in every [yolo] with
     ``num=k`` and masks re-split (:func:`split_anchors`); default: the arch's stock anchors and
     masks. ``max_batches``: default :func:`default_max_batches`; ``steps`` are always 80%/90%.
+    ``burn_in``: warm-up iterations, default :func:`default_burn_in` of ``max_batches``.
     ``learning_rate``: default the stock cfg's (0.001; 0.00261 for yolov4-tiny). ``flip``,
     ``mosaic``: [net] flip=1 / mosaic=1 (mosaic needs an OpenCV build of AlexeyAB's darknet).
     ``random``: random=1 in every [yolo] (multi-scale training; pjreddie then trains at
@@ -182,6 +199,10 @@ def generate_cfg(arch: str, classes: int, size=(416, 416), anchors_px=None, batc
         max_batches = default_max_batches(classes, n_train_images)
     elif max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, not {max_batches}")
+    if burn_in is None:
+        burn_in = default_burn_in(max_batches)
+    elif burn_in < 0:
+        raise ValueError(f"burn_in must be >= 0, not {burn_in}")
     if learning_rate is not None and not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be positive, not {learning_rate!r}")
     if small_objects and arch != "yolov4":
@@ -206,6 +227,7 @@ def generate_cfg(arch: str, classes: int, size=(416, 416), anchors_px=None, batc
     net.set("mosaic", 1 if mosaic else 0)
     if learning_rate is not None:
         net.set("learning_rate", f"{learning_rate:g}")
+    net.set("burn_in", burn_in)
     net.set("max_batches", max_batches)
     net.set("steps", f"{steps[0]},{steps[1]}")
 
@@ -241,7 +263,8 @@ def generate_cfg(arch: str, classes: int, size=(416, 416), anchors_px=None, batc
         f"{', '.join(str(i) for i in info.yolo_layers)}). "
         + ("Runs on pjreddie's and AlexeyAB's darknet." if info.pjreddie
            else "Needs AlexeyAB's (or hank-ai's) darknet."),
-        f"max_batches={max_batches}, steps={steps[0]},{steps[1]}; {anchor_note}"
+        f"burn_in={burn_in}, max_batches={max_batches}, steps={steps[0]},{steps[1]}; "
+        f"{anchor_note}"
         + ("; small objects: first head at stride 4" if small_objects else ""),
     ])
     text = cfg.dumps(header=header, annotate=True)

@@ -241,6 +241,8 @@ class CfgSummary:
     subdivisions: int
     width: int
     height: int
+    burn_in: int = 0
+    learning_rate: float = 0.0
 
     @property
     def base(self) -> str:
@@ -274,7 +276,8 @@ def read_cfg(cfg_path) -> CfgSummary:
         raise DarknetInputError(problems, "cfg")
     classes = detection[-1][1].int("classes", 20)  # darknet takes the last layer's (default 20)
     return CfgSummary(path, cfg, classes, max_batches, net.int("batch", 1) or 1,
-                      net.int("subdivisions", 1) or 1, net.int("width", 0), net.int("height", 0))
+                      net.int("subdivisions", 1) or 1, net.int("width", 0), net.int("height", 0),
+                      net.int("burn_in", 0), net.float("learning_rate", 0.001))
 
 
 def cfg_fork_problems(summary: CfgSummary, fork: str) -> list[str]:
@@ -764,11 +767,13 @@ def outcome_from_log(log_path, returncode: int = 0) -> RunOutcome:
     return outcome
 
 
-def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path) -> list[str]:
+def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path,
+                   burn_in: int | None = None) -> list[str]:
     """Why a training run failed (empty if it did not), whatever darknet's exit code says
     (darknet.md 10): non-zero exit; an error, missing-file, bad-data or out-of-memory line;
-    NaN or infinite average loss; no iteration line; last iteration < ``max_batches``;
-    ``final_weights`` missing."""
+    NaN or infinite average loss; no iteration line; a learning rate printed as 0 at every
+    iteration (the run never left its ``burn_in`` warm-up: weights barely moved); last iteration
+    < ``max_batches``; ``final_weights`` missing."""
     reasons = []
     if outcome.returncode != 0:
         reasons.append(_describe_returncode(outcome.returncode))
@@ -785,6 +790,14 @@ def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path) -
         reasons.append(f"the average loss became {diverged.avg_loss} at iteration "
                        f"{diverged.iteration}: training diverged (lower learning_rate, raise "
                        "burn_in, or check the labels)")
+    if outcome.iterations and all(it.rate == 0 for it in outcome.iterations):
+        first, last_it = outcome.iterations[0].iteration, outcome.iterations[-1].iteration
+        cause = (f"burn_in={burn_in} warm-up ramps the rate as learning_rate x (iteration / "
+                 f"burn_in)^4, too small to print by iteration {last_it}; lower burn_in "
+                 "(`lesion cfg --burn-in`, whose default suits --max-batches)"
+                 if burn_in else "learning_rate is 0 or the policy brought it to 0")
+        reasons.append(f"the learning rate was 0 at every iteration ({first}-{last_it}), so "
+                       f"nothing was learnt: {cause}")
     last = outcome.last_iteration
     if last is None:
         reasons.append("darknet printed no training iteration")
@@ -918,7 +931,7 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
         state.close()
         if stdin_path is not None:
             stdin_path.unlink(missing_ok=True)
-    reasons = judge_training(outcome, cfg.max_batches, final_weights)
+    reasons = judge_training(outcome, cfg.max_batches, final_weights, cfg.burn_in)
     if reasons:
         raise DarknetRunError(f"darknet training ({FORK_NAMES[fork]})", reasons,
                               list(outcome.tail), run_dir, log_path)
