@@ -281,8 +281,12 @@ def test_rare_cases_present(run_a):
 
 
 def test_lesions_are_visible(run_a, run_lf):
-    """On key slices each lesion's core differs from the ring just outside its box by >= 100 HU,
-    and by >= 6 grey levels in the [-1024, 3071] training window."""
+    """On key slices each lesion's core differs from the ring just outside its box as real
+    lesions do: by >= 40 HU (hypodense liver lesions, the faintest), >= 100 HU for the other
+    types; in a soft-tissue window (-175, 275) by >= 15 grey levels (bone lesions aside: bone is
+    white there, as in real CT)."""
+    soft_window_hu = (-175.0, 275.0)
+    contrasts, met = [], []
     for root, result in (run_a, run_lf):
         for row in result.rows:
             img = _key_hu(root, row)
@@ -303,9 +307,21 @@ def test_lesions_are_visible(run_a, run_lf):
             ring = outer & ~inner
             assert ring.sum() > 0
             diff_hu = img[core].mean() - img[ring].mean()
-            assert abs(diff_hu) >= 100, (row.file_name, row.lesion_type, diff_hu)
-            grey = hu.window_hu(img, hu.DEFAULT_WINDOW_HU).astype(np.float64)
-            assert abs(grey[core].mean() - grey[ring].mean()) >= 6, row.file_name
+            contrasts.append(abs(diff_hu))
+            least = 100 if row.lesion_type not in (-1, 4) else 40
+            # the floor holds before noise. The noise (sigma <= 20 HU) is white noise blurred by
+            # [1,2,1]/4 in 2-D (gain 0.375), so the mean of a core of n pixels has a standard
+            # deviation of about 20 / (0.375 sqrt(n)); allow three of them
+            slack = 3 * 20 / (0.375 * np.sqrt(core.sum()))
+            assert abs(diff_hu) >= least - slack, (row.file_name, row.lesion_type, diff_hu)
+            met.append(abs(diff_hu) >= least - 5)
+            if row.lesion_type not in (-1, 1):
+                grey = hu.window_hu(img, soft_window_hu).astype(np.float64)
+                assert abs(grey[core].mean() - grey[ring].mean()) >= 15, row.file_name
+    # not brighter than real: liver lesions stay within the 30-80 HU of real metastases (+ the
+    # lift when the ring holds another tissue), and most lesions lie below 250 HU of contrast
+    assert np.median(contrasts) < 250
+    assert np.mean(met) >= 0.9
 
 
 # ------------------------------------------------------------------------------ distributions

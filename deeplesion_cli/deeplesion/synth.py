@@ -86,8 +86,12 @@ MAX_LONG_FRACTION = 0.35
 
 #: Width in px of the ring just outside a lesion's box in which visibility is guaranteed.
 RING_PX = 3
-#: Mean HU of a key-slice lesion's core minus the mean of that ring, before noise (absolute).
-MIN_CONTRAST_HU = 180.0
+#: Least |mean HU of a key-slice lesion's core minus the mean of that ring| before noise, by
+#: type: the low end of what real lesions show (hypodense liver lesions 30-80 HU below the liver;
+#: nodes and masses 30-60 HU in -100 HU fat; cysts 0-20 HU in 150-200 HU cortex), so that in a
+#: soft-tissue window (-175, 275) synthetic lesions are as visible as real ones, not more.
+MIN_CONTRAST_HU = {4: 40.0}
+DEFAULT_MIN_CONTRAST_HU = 100.0
 
 OUTSIDE_FOV_HU = -1024.0
 AIR_HU = -1000.0
@@ -652,19 +656,18 @@ def _recist_points(blob: _Blob, rng: np.random.Generator) -> np.ndarray:
 
 
 def _nominal_hu(lesion_type: int, tissue: dict, rng: np.random.Generator) -> float:
-    """Lesion HU by type, chosen to stand >= ~120 HU off its host in the [-1024, 3071] window."""
+    """Lesion HU by type, in the ranges real lesions show (deeplesion reference 6.3)."""
     u = rng.uniform
     if lesion_type == 1:
         return u(900.0, 1300.0)        # sclerotic
     if lesion_type == 4:
-        return tissue["liver"] - u(140.0, 170.0)   # hypodense
+        return tissue["liver"] - u(40.0, 80.0)   # hypodense metastasis
     if lesion_type == 5:
-        return u(-10.0, 40.0)          # solid nodule in -850 lung
+        return u(30.0, 60.0)           # solid nodule in -850 lung
     if lesion_type == 6:
-        return tissue["kidney"] - u(150.0, 170.0)  # cyst in enhanced cortex
-    if lesion_type == 7:
-        return u(60.0, 90.0)           # mass in fat
-    return u(40.0, 70.0)               # lymph node in fat (abdomen, mediastinum, pelvis)
+        return u(0.0, 20.0)            # cyst in enhanced cortex
+    return u(30.0, 60.0)               # node or mass in fat (abdomen, mediastinum, pelvis, soft
+                                       # tissue)
 
 
 def _ring_mask(box0, y0, y1, x0, x1) -> np.ndarray:
@@ -788,10 +791,11 @@ def _place_lesion(lesion_type, key: _KeySlice, spec: _SeriesSpec, anat: _Anatomy
         # mean(core) - mean(ring) for a lesion of HU L is (1 - spill) * L - background
         contrast = (1.0 - spill) * nominal - background
         hu_value = nominal
-        if abs(contrast) < MIN_CONTRAST_HU:
+        least = MIN_CONTRAST_HU.get(lesion_type, DEFAULT_MIN_CONTRAST_HU)
+        if abs(contrast) < least:
             sign = 1.0 if contrast > 20 else -1.0 if contrast < -20 else \
                 (-1.0 if lesion_type in (4, 6) else 1.0)
-            hu_value = (sign * MIN_CONTRAST_HU + background) / (1.0 - spill)
+            hu_value = (sign * least + background) / (1.0 - spill)
             if not -1000.0 <= hu_value <= 3000.0:
                 continue
         return dataclasses.replace(blob, hu=float(hu_value)), points
