@@ -47,10 +47,13 @@ frcnn options (:data:`FRCNN_OPTIONS`): the fields of
 same names (``size_px`` is ``--size``): arch, pretrained, weights, anchors, size_px, epochs,
 batch_size, optimizer, lr, momentum, weight_decay, scheduler, lr_steps (a list of epochs),
 lr_gamma, warmup_steps, clip_grad, balanced, augment, amp, device, workers, seed, deterministic,
-select, eval_train_images. Unset options take ``lesion train frcnn``'s defaults.
+select, eval_train_images, rois_per_image, rpn_pre_nms_train, rpn_post_nms_train,
+rpn_post_nms_test, rpn_score_thresh, nms_iou, threads. Unset options take ``lesion train
+frcnn``'s defaults.
 
 yolo options (:data:`YOLO_OPTIONS`): ``lesion cfg``'s arch (required), size (416 or
-``"608x416"``), anchors (an anchors.json), batch, subdivisions, max_batches, lr, small_objects,
+``"608x416"``), anchors (an anchors.json), batch, subdivisions, max_batches, burn_in, lr,
+small_objects,
 mosaic, flip; ``lesion train yolo``'s weights (initial weights), darknet (binary: a path, or a
 program name on PATH), gpus (``"0,1"``), map; ``lesion predict yolo``'s thresh.
 
@@ -167,10 +170,18 @@ FRCNN_OPTIONS = {
     "deterministic": ("bool", "--deterministic"),
     "select": ("str", "--select"),
     "eval_train_images": ("int", "--eval-train-images"),
+    "rois_per_image": ("int", "--rois-per-image"),
+    "rpn_pre_nms_train": ("int", "--rpn-pre-nms-train"),
+    "rpn_post_nms_train": ("int", "--rpn-post-nms-train"),
+    "rpn_post_nms_test": ("int", "--rpn-post-nms-test"),
+    "rpn_score_thresh": ("float", "--rpn-score-thresh"),
+    "nms_iou": ("float", "--nms-iou"),
+    "threads": ("int", "--threads"),
 }
 #: lower bounds of integer frcnn options (click's IntRange in ``lesion train frcnn``)
 _FRCNN_MIN = {"size_px": 32, "epochs": 1, "batch_size": 1, "warmup_steps": 0, "workers": 0,
-              "eval_train_images": 0}
+              "eval_train_images": 0, "rois_per_image": 1, "rpn_pre_nms_train": 1,
+              "rpn_post_nms_train": 1, "rpn_post_nms_test": 1, "threads": 1}
 _FRCNN_MAX = {"size_px": 4096}
 
 #: yolo option -> (type, command that takes it, its flag)
@@ -181,6 +192,7 @@ YOLO_OPTIONS = {
     "batch": ("int", "cfg", "--batch"),
     "subdivisions": ("int", "cfg", "--subdivisions"),
     "max_batches": ("int", "cfg", "--max-batches"),
+    "burn_in": ("int", "cfg", "--burn-in"),
     "lr": ("float", "cfg", "--lr"),
     "small_objects": ("bool", "cfg", "--small-objects"),
     "mosaic": ("bool", "cfg", "--mosaic"),
@@ -197,7 +209,7 @@ REPORT_OPTIONS = {"pdf": "bool", "images": "str_list", "n_overlay": "int"}
 TOP_KEYS = ("prepared", "out", "split", "defaults", "eval", "report", "experiment")
 
 #: options left out of the comparison table (they do not change results)
-_NOT_COMPARED = {"device", "workers", "darknet", "gpus"}
+_NOT_COMPARED = {"device", "workers", "threads", "darknet", "gpus"}
 
 
 class MatrixError(ValueError):
@@ -229,6 +241,7 @@ class YoloOptions:
     batch: int = 64
     subdivisions: int = 16
     max_batches: int | None = None
+    burn_in: int | None = None
     lr: float | None = None
     small_objects: bool = False
     mosaic: bool = False
@@ -574,6 +587,8 @@ def _yolo_options(given: dict, fail) -> YoloOptions:
     for key in ("batch", "subdivisions", "max_batches"):
         if key in given and given[key] < 1:
             raise fail(f"must be >= 1, got {given[key]}", key)
+    if "burn_in" in given and given["burn_in"] < 0:
+        raise fail(f"must be >= 0, got {given['burn_in']}", "burn_in")
     if "lr" in given and not given["lr"] > 0:
         raise fail(f"must be > 0, got {given['lr']}", "lr")
     if "thresh" in given and given["thresh"] < 0:
@@ -587,7 +602,8 @@ def _yolo_options(given: dict, fail) -> YoloOptions:
     try:  # whatever else generate_cfg refuses
         generate_cfg(options.arch, classes=1, size=parse_size(options.size), batch=options.batch,
                      subdivisions=options.subdivisions, max_batches=options.max_batches,
-                     small_objects=options.small_objects, mosaic=options.mosaic,
+                     burn_in=options.burn_in, small_objects=options.small_objects,
+                     mosaic=options.mosaic,
                      flip=options.flip, learning_rate=options.lr)
     except ValueError as exc:
         raise fail(f"lesion cfg refuses these options: {exc}") from None
@@ -851,7 +867,7 @@ def _yolo_cfg_text(matrix: Matrix, exp: Experiment, manifest: dict,
             options.arch, classes=len(manifest["classes"]), size=parse_size(options.size),
             anchors_px=anchors_px, batch=options.batch, subdivisions=options.subdivisions,
             max_batches=max_batches if max_batches is not None else options.max_batches,
-            n_train_images=manifest["counts"]["train"]["images"],
+            burn_in=options.burn_in, n_train_images=manifest["counts"]["train"]["images"],
             small_objects=options.small_objects, mosaic=options.mosaic, flip=options.flip,
             learning_rate=options.lr)
     except (ValueError, KeyError) as exc:
@@ -919,7 +935,9 @@ def _yolo_state(matrix: Matrix, exp: Experiment, manifest: dict) -> ExperimentSt
             return state
     # here the cfg is the wanted one, or missing (then the cfg step writes the wanted one)
     if final.is_file():
-        reasons = judge_training(_last_session(exp.run_dir / "darknet.log"), max_batches, final)
+        burn_in = parse_cfg(wanted).net.int("burn_in", 0)
+        reasons = judge_training(_last_session(exp.run_dir / "darknet.log"), max_batches, final,
+                                 burn_in)
         if reasons:
             raise fail(f"{exp.run_dir} holds final weights but its last darknet session failed ("
                        + "; ".join(reasons) + "); delete the run folder to train it again")

@@ -90,6 +90,7 @@ def _targets():
     ("resnet50_fpn", "imagenet", "resnet50-0676ba61.pth", "backbone"),
     ("resnet50_fpn_v2", "imagenet", "resnet50-0676ba61.pth", "backbone"),
     ("mobilenet_v3_fpn", "imagenet", "mobilenet_v3_large-8738ca79.pth", "backbone"),
+    ("resnet18_fpn", "imagenet", "resnet18-f37072fd.pth", "backbone"),
     ("vgg16_uld", "imagenet", "vgg16-397923af.pth", "backbone"),
 ])
 def test_weights_source_names_torchvision_files(hub, arch, pretrained, file_name, kind):
@@ -103,6 +104,7 @@ def test_weights_source_names_torchvision_files(hub, arch, pretrained, file_name
 def test_weights_source_none():
     assert weights_source("resnet50_fpn", "none") is None
     assert weights_source("vgg16_uld", "coco") is None
+    assert weights_source("resnet18_fpn", "coco") is None
     with pytest.raises(ValueError, match="unknown arch"):
         weights_source("yolo", "coco")
     with pytest.raises(ValueError, match="unknown pretrained"):
@@ -171,7 +173,7 @@ def test_pretrained_structure_frozen_layers():
                     trainable_backbone_layers=7)
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v3_fpn", "vgg16_uld"])
+@pytest.mark.parametrize("arch", ["mobilenet_v3_fpn", "resnet18_fpn", "vgg16_uld"])
 def test_train_and_eval_forward(arch):
     torch.manual_seed(0)
     model = _fast(build_model(arch, 3, size_px=128))
@@ -196,6 +198,63 @@ def test_train_and_eval_forward(arch):
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     # mapped back to the input frame, not the 85 x 128 network frame
     assert boxes[:, 2].max() > 128 and boxes[:, 3].max() > 86
+
+
+def test_resnet18_fpn_structure(tmp_path):
+    """torchvision's resnet18 with torchvision's FPN on C3-C5 (strides 8, 16, 32) + the pooled P6,
+    128 channels wide; the module names and frozen stages of torchvision's resnet FPN extractor;
+    one anchor size per map by default; RoIs pooled from the three FPN maps."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    model = build_model("resnet18_fpn", 2, size_px=128)
+    reference = resnet_fpn_backbone(backbone_name="resnet18", weights=None,
+                                    norm_layer=torch.nn.BatchNorm2d, trainable_layers=5,
+                                    returned_layers=[2, 3, 4])
+    ours = model.backbone.state_dict()
+    theirs = reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    # the body is resnet18's; the FPN is torchvision's at 128 channels instead of 256
+    for key in ours:
+        if key.startswith("body."):
+            assert ours[key].shape == theirs[key].shape, key
+    assert ours["fpn.inner_blocks.0.0.weight"].shape == (128, 128, 1, 1)
+    assert ours["fpn.inner_blocks.2.0.weight"].shape == (128, 512, 1, 1)
+    assert ours["fpn.layer_blocks.1.0.weight"].shape == (128, 128, 3, 3)
+    assert model.roi_heads.box_head.fc6.in_features == 128 * 7 * 7
+    assert model.roi_heads.box_head.fc7.out_features == 1024
+    features = model.backbone(torch.rand(1, 3, 128, 128))
+    assert {k: tuple(v.shape[1:]) for k, v in features.items()} == {
+        "0": (128, 16, 16), "1": (128, 8, 8), "2": (128, 4, 4), "pool": (128, 2, 2)}
+    # with pretrained weights the frozen stages are torchvision's (trainable_backbone_layers)
+    for trainable in (0, 3, 5):
+        ours = build_model("resnet18_fpn", 2, pretrained="imagenet", load_pretrained=False,
+                           trainable_backbone_layers=trainable).backbone
+        theirs = resnet_fpn_backbone(backbone_name="resnet18", weights=None,
+                                     trainable_layers=trainable, returned_layers=[2, 3, 4])
+        assert {n for n, p in ours.body.named_parameters() if p.requires_grad} == \
+            {n for n, p in theirs.body.named_parameters() if p.requires_grad}, trainable
+    assert model.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,))
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    # lesion anchors (single-level form) are given to every map, rescaled to size_px
+    anchors = {"network_size": [256, 256],
+               "torchvision": {"sizes": [[20.0, 30.0]], "aspect_ratios": [[1.0]]}}
+    model = build_model("resnet18_fpn", 2, size_px=128, anchors=anchors)
+    assert model.rpn.anchor_generator.sizes == ((10.0, 15.0),) * 4
+    assert model.rpn.head.cls_logits.out_channels == 2
+    # ImageNet structure: frozen batch norm, conv1 and layer1 frozen (3 trainable stages)
+    frozen = build_model("resnet18_fpn", 2, pretrained="imagenet", load_pretrained=False)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
+    body = frozen.backbone.body
+    assert not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad
+    # a torchvision resnet18 classification file loads into the backbone
+    torch.manual_seed(1)
+    net = resnet18(weights=None)
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(net.state_dict(), path)
+    loaded = build_model("resnet18_fpn", 2, pretrained="imagenet", weights=path)
+    assert torch.equal(loaded.backbone.body.layer3[1].conv2.weight, net.layer3[1].conv2.weight)
 
 
 def test_vgg16_uld_structure():

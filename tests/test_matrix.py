@@ -266,6 +266,10 @@ BASE = 'prepared = "p"\n[[experiment]]\nname = "a"\nbackend = "frcnn"\n'
     (BASE + "arch = 'resnet18'\n", "'a' (#1)", "arch", "one of"),
     (BASE + "epochs = 0\n", "'a' (#1)", "epochs", ">= 1"),
     (BASE + "log_every = 5\n", "'a' (#1)", "log_every", "unknown frcnn option"),
+    (BASE + "rpn_score_thresh = 1.5\n", "'a' (#1)", "rpn_score_thresh", "in [0, 1)"),
+    (BASE + "threads = 0\n", "'a' (#1)", "threads", ">= 1"),
+    (BASE + "[[experiment]]\nname = 'y'\nbackend = 'yolo'\narch = 'yolov3'\nburn_in = -1\n",
+     "'y' (#2)", "burn_in", ">= 0"),
     (BASE + "[[experiment]]\nname = 'a'\nbackend = 'yolo'\narch = 'yolov4'\n", "'a' (#2)",
      "name", "the same name as experiment #1"),
     (BASE + "[[experiment]]\nname = 'A'\nbackend = 'frcnn'\n", "'A' (#2)", "name",
@@ -434,6 +438,9 @@ max_batches = 6
     assert [(s.experiment, s.kind) for s in steps][:3] == [
         ("tiny", "cfg"), ("tiny", "resume"), ("tiny", "predict")]
     assert steps[1].line.endswith(" --resume") and "--max-batches 8" in steps[0].line
+    burn = tmp_path / "burn.toml"
+    burn.write_text(toml.read_text().replace('name = "tiny"', 'name = "burn"') + "burn_in = 2\n")
+    assert "--burn-in 2" in mx.remaining_lines(mx.load_matrix(burn))[0]
     other = tmp_path / "other.toml"
     other.write_text(toml.read_text().replace("size = 128", "size = 160"))
     with pytest.raises(mx.MatrixError, match="only max_batches may change") as info:

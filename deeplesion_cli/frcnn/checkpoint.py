@@ -11,7 +11,8 @@ module), ``model`` (its ``state_dict``, unwrapped from DDP), ``classes`` (``name
 ``step`` (optimiser steps done), ``images`` (images trained on), ``optimizer``, ``scheduler``,
 ``scaler`` (AMP ``GradScaler``; empty when AMP is off), ``sampler`` (its ``state_dict``),
 ``rng`` (torch CPU and CUDA generator states at the save), ``best`` (selection metric name,
-best value and its epoch), ``ema_loss``.
+best value and its epoch), ``ema_loss``, ``threads`` (the CPU threads it trained with, kept on
+resume).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def model_from_checkpoint(state: dict, **overrides):
     """The checkpoint's model with its weights, on the CPU, in eval mode. ``overrides`` replace
-    inference-only arguments of ``build_model`` (``score_thresh``, ``detections_per_img``)."""
+    inference-only arguments of ``build_model`` (``score_thresh``, ``detections_per_img``,
+    ``nms_iou``); None keeps the checkpoint's."""
     from deeplesion_cli.frcnn.model import build_model
 
     args = dict(state["model_args"])

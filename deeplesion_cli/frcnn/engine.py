@@ -95,7 +95,14 @@ class TrainOptions:
     eval_batch_size: int | None = None
     score_thresh: float = 0.001
     detections_per_img: int = 100
+    nms_iou: float = 0.5                   # box head NMS at inference (torchvision's 0.5)
     trainable_backbone_layers: int | None = None
+    rois_per_image: int = 512              # box head: proposals sampled per image (torchvision's)
+    rpn_pre_nms_train: int = 2000          # RPN proposals per level before NMS, training
+    rpn_post_nms_train: int = 2000         # RPN proposals kept after NMS, training
+    rpn_post_nms_test: int = 1000          # ... and at inference (per-epoch evaluation, predict)
+    rpn_score_thresh: float | None = None  # None: the arch's default (mobilenet 0.05, else 0)
+    threads: int | None = None             # CPU intra-op threads per rank; None: default_threads
     log_every: int = 50                    # train.log line every N steps
 
     def to_json(self) -> dict:
@@ -126,7 +133,12 @@ class TrainOptions:
             if getattr(self, name) not in allowed:
                 raise OptionError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: one of "
                                  f"{', '.join(allowed)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "rois_per_image": self.rois_per_image,
+                    "rpn_pre_nms_train": self.rpn_pre_nms_train,
+                    "rpn_post_nms_train": self.rpn_post_nms_train,
+                    "rpn_post_nms_test": self.rpn_post_nms_test,
+                    "threads": 1 if self.threads is None else self.threads}
         for name, value in positive.items():
             if value < 1:
                 raise OptionError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
@@ -134,6 +146,11 @@ class TrainOptions:
             raise OptionError(f"--lr must be a positive number (got {self.lr})")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise OptionError(f"--clip-grad must be > 0 (got {self.clip_grad})")
+        if not 0 < self.nms_iou <= 1:
+            raise OptionError(f"--nms-iou must be in (0, 1] (got {self.nms_iou})")
+        if self.rpn_score_thresh is not None and not 0 <= self.rpn_score_thresh < 1:
+            raise OptionError(f"--rpn-score-thresh must be in [0, 1) (got "
+                              f"{self.rpn_score_thresh})")
 
 
 @dataclass
@@ -173,10 +190,14 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False          # started by torchrun (even as its only rank)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether to join a process group and wrap the model in DDP: several ranks, or one
+        rank started by torchrun (so that ``torchrun --nproc_per_node 1`` checks the NCCL/gloo
+        path on a single device)."""
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -184,9 +205,11 @@ class Dist:
 
 
 def dist_from_env() -> Dist:
-    """torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (a plain run: rank 0 of 1)."""
+    """torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (a plain run: rank 0 of 1);
+    ``launched`` when torchrun set them (``TORCHELASTIC_RUN_ID`` is torchrun's own mark)."""
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                int(os.environ.get("LOCAL_RANK", 0)))
+                int(os.environ.get("LOCAL_RANK", 0)),
+                launched="TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ)
 
 
 def _init_distributed(dist_info: Dist, device: torch.device) -> None:
@@ -227,6 +250,48 @@ def _broadcast(obj, dist_info: Dist):
 
 
 # ---------------------------------------------------------------------------- pieces
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: what a container or ``taskset``
+    grants, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(cores: int, local_ranks: int, workers: int) -> int:
+    """Intra-op threads per rank when ``--threads`` is not given: the cores shared evenly by the
+    ranks on this machine, less one core per rank when loader workers decode images beside it
+    (they take a core of their own while the step runs), at least 1. Oversubscribing makes
+    torch's thread pool spin against other processes: on a 2-core machine with another job running,
+    2 threads ran 7-12 s per step and 1 thread 1.4-2.2 s."""
+    share = cores // max(1, local_ranks)
+    if workers > 0 and share > 2:
+        share -= 1
+    return max(1, share)
+
+
+def resolve_threads(threads: int | None, workers: int, device: torch.device,
+                    dist_info: Dist) -> int:
+    """``threads`` when given, else :func:`default_threads` for this machine and torchrun's
+    ``LOCAL_WORLD_SIZE`` ranks."""
+    if threads is not None:
+        return int(threads)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size if dist_info.enabled
+                               else 1))
+    return default_threads(available_cores(), local, workers)
+
+
+def _check_resumed_threads(requested: int | None, recorded: int | None) -> None:
+    """``--threads`` on resume must equal the count the run was trained with: the thread count
+    changes the order of float reductions (a run resumed with 2 threads instead of 1 ended its next
+    epoch up to 1e-3 away from the uninterrupted run), so exact resume needs the same one."""
+    if requested is not None and recorded is not None and requested != recorded:
+        raise OptionError(f"--threads {requested} differs from the {recorded} thread(s) this run "
+                          "was trained with; a resumed run keeps its thread count (another one "
+                          "changes float rounding, so the run would not continue exactly)")
+
 
 def seed_everything(seed: int) -> None:
     seed = int(seed) % (2 ** 63)
@@ -363,6 +428,18 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
     ``epochs``: a job on a time-limited queue trains in slices, each continued with ``resume``,
     and ends exactly where one long call would have.
     """
+    # the run's --threads holds for this call only: torch's thread count is process-wide
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(prepared, run_dir, options, resume=resume, overrides=overrides,
+                      stop_after=stop_after, show_progress=show_progress, dist_info=dist_info)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resume: bool,
+           overrides: dict | None, stop_after: int | None, show_progress: bool,
+           dist_info: Dist | None) -> TrainResult:
     prepared, run_dir = Path(prepared), Path(run_dir)
     dist_info = dist_info or dist_from_env()
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -372,7 +449,9 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
             raise DataError(f"{last_path}: nothing to resume (no last.pt in the run folder)")
         state = ckpt.load(last_path)
         options = TrainOptions.from_json(state["options"])
-        for name, value in (overrides or {}).items():
+        overrides = dict(overrides or {})
+        _check_resumed_threads(overrides.pop("threads", None), state.get("threads"))
+        for name, value in overrides.items():
             if getattr(options, name) == value:
                 continue
             if name not in RESUMABLE_OVERRIDES:
@@ -393,6 +472,10 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
                           f"{state.get('prepared_config_hash')!r}); resume on the same folder")
 
     device = ckpt.pick_device(options.device)
+    # a resumed run keeps the thread count it was trained with (recorded when it was chosen)
+    threads = ((state or {}).get("threads")
+               or resolve_threads(options.threads, options.workers, device, dist_info))
+    torch.set_num_threads(threads)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
@@ -422,8 +505,13 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
             raise DataError(f"{options.anchors}: cannot read anchors json ({exc})")
     model_args = {"arch": options.arch, "num_classes": classes.num_classes, "anchors": anchors,
                   "size_px": size_px, "detections_per_img": options.detections_per_img,
-                  "score_thresh": options.score_thresh,
-                  "trainable_backbone_layers": options.trainable_backbone_layers}
+                  "score_thresh": options.score_thresh, "nms_iou": options.nms_iou,
+                  "trainable_backbone_layers": options.trainable_backbone_layers,
+                  "rpn_score_thresh": options.rpn_score_thresh,
+                  "rois_per_image": options.rois_per_image,
+                  "rpn_pre_nms_train": options.rpn_pre_nms_train,
+                  "rpn_post_nms_train": options.rpn_post_nms_train,
+                  "rpn_post_nms_test": options.rpn_post_nms_test}
     report: list[str] = []
     seed_everything(options.seed)
     if state is None:
@@ -500,12 +588,13 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
                     "device": str(device), "torch": torch.__version__,
                     "torchvision": _tv_version(), "steps_per_epoch": steps_per_epoch,
                     "train_images": len(train_base), "val_images": len(val_set),
-                    "train_eval_images": len(train_eval_set)}
+                    "train_eval_images": len(train_eval_set), "threads": threads}
         atomic.write_text(run_dir / "args.json", json.dumps(args_doc, indent=2) + "\n")
         if state is None:
             log(f"start: {options.arch} ({options.pretrained}), {len(train_base)} train / "
                 f"{len(val_set)} val images, input {size_px} px, {steps_per_epoch} steps/epoch "
-                f"x {dist_info.world_size} rank(s), device {device}", echo=True)
+                f"x {dist_info.world_size} rank(s), device {device}, {threads} CPU thread(s)",
+                echo=True)
         else:
             log(f"resume from {last_path} at epoch {start_epoch}, step {step}", echo=True)
         for line in report:
@@ -600,7 +689,7 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
                     "rng": {"torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                             else []},
-                    "best": best, "ema_loss": ema_loss,
+                    "best": best, "ema_loss": ema_loss, "threads": threads,
                     "prepared_config_hash": manifest.get("config_hash")}
                 ckpt.save(last_path, state_out)
                 saved_epoch = epoch + 1

@@ -29,6 +29,17 @@ Architectures (:data:`ARCHS`)
     for ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1`` (the weights were converted from a model
     without eps).
 
+* ``resnet18_fpn``: torchvision's ``resnet18`` with torchvision's ``BackboneWithFPN`` on C3, C4,
+  C5 (strides 8, 16, 32) and its max-pooled P6 (stride 64), **128 channels wide** (this tool's
+  choice: resnet18's C3 has 128 channels, and torchvision's 256 would double the FPN and RPN
+  convolutions and the box head's first layer, 1.5x the CPU time of a training step), RoIs pooled
+  from the three FPN maps, and torchvision's ``TwoMLPHead`` (1024) and predictor. torchvision
+  ships no detector of this kind (so no COCO weights); it is the light, CPU-friendly choice for
+  small lesions: a 12-px lesion still spans 1.5 cells of the stride-8 map, where
+  ``mobilenet_v3_fpn``'s two maps both have stride 32. Batch norm and frozen stages as
+  ``resnet50_fpn`` (``trainable_backbone_layers``). Default anchors 16, 32, 64, 128 px (one size
+  per map, ratios 0.5, 1, 2).
+
 * ``vgg16_uld``: the universal lesion detector of the DeepLesion paper (Yan et al., "DeepLesion:
   automated mining of large-scale lesion annotations and universal lesion detection with deep
   learning", J. Med. Imaging 2018): ``vgg16().features`` without pool4 and pool5, so conv5_3 has
@@ -58,31 +69,30 @@ Anchors
 -------
 ``anchors`` is the dict ``lesion anchors`` writes (:func:`deeplesion_cli.anchors.to_json`): sizes
 in pixels at its ``network_size``. ``resnet50_fpn``/``_v2`` take its 5-level ``torchvision_fpn``
-form, ``vgg16_uld`` the single-level ``torchvision`` form, and ``mobilenet_v3_fpn`` the
-single-level form repeated for each of its 3 feature maps (torchvision gives every mobilenet
-feature map all anchor sizes). Sizes are rescaled by ``size_px / mean(network_size)`` when the
+form, ``vgg16_uld`` the single-level ``torchvision`` form, and ``mobilenet_v3_fpn`` and
+``resnet18_fpn`` the single-level form repeated for each of their 3 and 4 feature maps
+(torchvision gives every mobilenet feature map all anchor sizes; with lesions of a few sizes, every
+map proposes every size and the RoI pooler picks the map by box size). Sizes are rescaled by ``size_px / mean(network_size)`` when the
 json was made for another input size. The RPN head is built for the resulting number of anchors per
 location.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 from torchvision.models import (
     MobileNet_V3_Large_Weights,
+    ResNet18_Weights,
     ResNet50_Weights,
     VGG16_Weights,
     mobilenet_v3_large,
+    resnet18,
     resnet50,
     vgg16,
 )
@@ -95,7 +105,11 @@ from torchvision.models.detection import (
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 # torchvision's own (private) backbone cutters: using them, not a copy, keeps the module names and
 # the frozen stages exactly those of torchvision's builders, so COCO state_dicts load key for key.
-from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+)
 from torchvision.models.detection.faster_rcnn import (
     FastRCNNConvFCHead,
     FastRCNNPredictor,
@@ -105,15 +119,26 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn", "vgg16_uld")
+from deeplesion_cli.frcnn.weights import (
+    HEAD_PREFIXES,
+    WeightsError,
+    WeightsSource,
+    fit_state,
+    load_checked,
+    read_state_dict,
+    resolve_file,
+)
+
+ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn", "resnet18_fpn", "vgg16_uld")
 PRETRAINED = ("none", "imagenet", "coco")
 
 #: ``(max, default)`` of ``trainable_backbone_layers`` per arch, as torchvision's builders
 #: (resnet: conv1 + 4 stages; mobilenet_v3: 6 stages; vgg16: its 5 conv stages).
 TRAINABLE_LAYERS = {"resnet50_fpn": (5, 3), "resnet50_fpn_v2": (5, 3),
-                    "mobilenet_v3_fpn": (6, 3), "vgg16_uld": (5, 3)}
+                    "mobilenet_v3_fpn": (6, 3), "resnet18_fpn": (5, 3), "vgg16_uld": (5, 3)}
 
 #: Anchors of the DeepLesion universal lesion detector (Yan et al. 2018), pixels at the input size.
 ULD_ANCHOR_SIZES_PX = (16, 24, 32, 48, 96)
@@ -131,6 +156,12 @@ FPN_ANCHOR_SIZES_PX = ((32,), (64,), (128,), (256,), (512,))
 #: torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` anchors: all sizes on each of 3 maps.
 MOBILENET_ANCHOR_SIZES_PX = (32, 64, 128, 256, 512)
 MOBILENET_FEATURE_MAPS = 3
+#: ``resnet18_fpn``: ResNet stages 2-4 (C3-C5, 128/256/512 channels) into a 128-wide FPN, plus
+#: the pooled P6: 4 maps.
+RESNET18_RETURNED_LAYERS = (2, 3, 4)
+RESNET18_FPN_CHANNELS = 128
+RESNET18_FEATURE_MAPS = 4
+RESNET18_ANCHOR_SIZES_PX = ((16,), (32,), (64,), (128,))
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 _COCO_WEIGHTS = {
@@ -145,43 +176,15 @@ _IMAGENET_WEIGHTS = {
     "resnet50_fpn": ResNet50_Weights.IMAGENET1K_V1,
     "resnet50_fpn_v2": ResNet50_Weights.IMAGENET1K_V1,
     "mobilenet_v3_fpn": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+    "resnet18_fpn": ResNet18_Weights.IMAGENET1K_V1,
     "vgg16_uld": VGG16_Weights.IMAGENET1K_V1,
 }
 # Parameters whose shape depends on the number of classes or of anchors per location: a COCO
 # file's tensors there are skipped when they do not fit (any other misfit is an error).
-_HEAD_PREFIXES = ("roi_heads.box_predictor.", "rpn.head.cls_logits.", "rpn.head.bbox_pred.")
-_SHOWN_KEYS = 5
-# torchvision < 0.12 names of the RPN conv and the FPN convs (see _upgrade_legacy_keys)
-_LEGACY_KEY = re.compile(r"(?P<module>.*(?:rpn\.head\.conv|fpn\.(?:inner|layer)_blocks\.\d+))"
-                         r"\.(?P<leaf>weight|bias)")
-
-
-class WeightsError(ValueError):
-    """A weights file that is missing, unreadable or does not fit; the message names the file and
-    what to do."""
-
 
 class AnchorsError(ValueError):
     """An ``anchors`` dict (``lesion anchors`` json) with a missing or bad field; the message
     names the field."""
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where the torchvision weights for an ``(arch, pretrained)`` pair come from.
-
-    ``url``: torchvision's download URL; ``file_name``: its basename (what torch hub stores);
-    ``cache_path``: ``<torch.hub.get_dir()>/checkpoints/<file_name>``, where
-    :func:`build_model` looks when no ``weights`` file is given; ``kind``: ``"backbone"``
-    (ImageNet classification weights) or ``"detector"`` (a COCO Faster R-CNN); ``name``: the
-    torchvision weights enum, e.g. ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``.
-    """
-
-    url: str
-    file_name: str
-    cache_path: Path
-    kind: Literal["backbone", "detector"]
-    name: str
 
 
 def _check_arch(arch: str) -> None:
@@ -215,119 +218,6 @@ def weights_source(arch: str, pretrained: str) -> WeightsSource | None:
     return WeightsSource(url=enum.url, file_name=file_name, cache_path=cache_path, kind=kind,
                          name=f"{type(enum).__name__}.{enum.name}")
 
-
-# ---------------------------------------------------------------- weights files
-
-def _resolve_file(source: WeightsSource, weights: Path | None) -> Path:
-    """``weights`` when given (it must exist), else the hub cache file (it must exist)."""
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"{path}: no such weights file (expected {source.name}, "
-                               f"{source.file_name}, from {source.url})")
-        return path
-    if source.cache_path.is_file():
-        return source.cache_path
-    raise WeightsError(
-        f"{source.name} weights not found: place {source.file_name} at {source.cache_path} "
-        f"(download it on a machine with network from {source.url}), or point --weights FILE at "
-        "a copy of it")
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A ``state_dict`` from ``path``: a plain one, or the ``"model"`` entry of a checkpoint dict
-    (``lesion`` checkpoints, torchvision reference checkpoints). Read with ``weights_only=True``;
-    ``argparse.Namespace`` is allowed because torchvision's reference scripts save their ``args``
-    as one. Raises :class:`WeightsError` naming the file."""
-    path = Path(path)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such weights file") from None
-    except Exception as exc:  # torch raises many kinds for a corrupt or foreign file
-        raise WeightsError(f"{path}: not a readable PyTorch weights file "
-                           f"({type(exc).__name__}: {exc})") from None
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if (not isinstance(obj, Mapping) or not obj
-            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
-        raise WeightsError(f"{path}: not a state_dict (a dict of tensors, or a dict with a "
-                           "'model' entry holding one)")
-    return dict(obj)
-
-
-def _upgrade_legacy_keys(state: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
-    """Rename pre-2021 torchvision keys (``rpn.head.conv.weight``,
-    ``backbone.fpn.inner_blocks.0.weight``; the 2019 ``fasterrcnn_resnet50_fpn`` COCO file has
-    them) to today's (``rpn.head.conv.0.0.weight``, ``...inner_blocks.0.0.weight``).
-    torchvision's modules rename them inside ``load_state_dict``, but keys are compared here
-    before loading."""
-    out = {}
-    for key, value in state.items():
-        new = key
-        match = _LEGACY_KEY.fullmatch(key)
-        if match and key not in model_keys:
-            inner = ".0.0." if match["module"].endswith("rpn.head.conv") else ".0."
-            candidate = f"{match['module']}{inner}{match['leaf']}"
-            if candidate in model_keys and candidate not in state:
-                new = candidate
-        out[new] = value
-    return out
-
-
-def _first(keys, n: int = _SHOWN_KEYS) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def _fit_state(own: Mapping[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path,
-               what: str, skippable: tuple[str, ...] = ()) -> tuple[dict, list[str], list[str]]:
-    """Check ``state`` key by key and shape by shape against ``own`` (a module's ``state_dict``;
-    meta tensors do). Returns ``(state to load, skipped keys, counters left as they are)``.
-
-    Shape misfits under a ``skippable`` prefix are skipped; any other misfit, missing or
-    unexpected key is a :class:`WeightsError` naming ``path`` and the first keys.
-    ``num_batches_tracked`` counters are dropped when ``own`` has none (``FrozenBatchNorm2d``) and
-    not required when the file has none (a model trained with frozen batch norm): they count
-    batches, they are no weights.
-    """
-    state = _upgrade_legacy_keys(state, own)
-    state = {k: v for k, v in state.items()
-             if k in own or not k.endswith("num_batches_tracked")}
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    counters = [k for k in own if k not in state and k.endswith("num_batches_tracked")]
-    misfit = [k for k in state if k in own and state[k].shape != own[k].shape]
-    skipped = [k for k in misfit if k.startswith(skippable)]
-    bad = [k for k in misfit if k not in skipped]
-    if unexpected or missing or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_first(unexpected)}")
-        if bad:
-            parts.append("shape misfits: " + _first(
-                f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in bad))
-        raise WeightsError(f"{path}: does not fit {what} ({'; '.join(parts)})")
-    return {k: v for k, v in state.items() if k not in skipped}, skipped, counters
-
-
-def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str,
-                  report: list[str], skippable: tuple[str, ...] = ()) -> list[str]:
-    """:func:`_fit_state` against ``module``, then load; returns the skipped keys."""
-    state, skipped, counters = _fit_state(module.state_dict(), state, path, what, skippable)
-    module.load_state_dict(state, strict=False)
-    _report_counters(counters, path, report)
-    return skipped
-
-
-def _report_counters(counters: list[str], path: Path, report: list[str]) -> None:
-    if counters:
-        report.append(f"{path}: no num_batches_tracked counters for {len(counters)} batch norms "
-                      "(weights trained with frozen batch norm); counters start at 0")
 
 
 # ---------------------------------------------------------------- anchors
@@ -387,6 +277,8 @@ def anchor_generator(arch: str, anchors: Mapping, size_px: int,
                       f"{size_px}: sizes {sizes}")
     if arch == "mobilenet_v3_fpn":
         sizes, ratios = sizes * MOBILENET_FEATURE_MAPS, ratios * MOBILENET_FEATURE_MAPS
+    elif arch == "resnet18_fpn":
+        sizes, ratios = sizes * RESNET18_FEATURE_MAPS, ratios * RESNET18_FEATURE_MAPS
     return AnchorGenerator(tuple(tuple(s) for s in sizes), tuple(tuple(r) for r in ratios))
 
 
@@ -419,6 +311,23 @@ def _vgg16_features() -> nn.Sequential:
     return features
 
 
+def _resnet18_fpn(net: nn.Module, trainable: int) -> BackboneWithFPN:
+    """torchvision's ``_resnet_fpn_extractor`` with a 128-wide FPN: the same frozen stages
+    (the last ``trainable`` of layer4, layer3, layer2, layer1, conv1 train) and the same module
+    names (``body.layerN``, ``fpn.inner_blocks``/``layer_blocks``)."""
+    stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        stages.append("bn1")
+    for name, parameter in net.named_parameters():
+        if all(not name.startswith(stage) for stage in stages):
+            parameter.requires_grad_(False)
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(RESNET18_RETURNED_LAYERS)}
+    in_channels = [getattr(net, f"layer{k}")[-1].conv2.out_channels
+                   for k in RESNET18_RETURNED_LAYERS]
+    return BackboneWithFPN(net, return_layers, in_channels, RESNET18_FPN_CHANNELS,
+                           extra_blocks=LastLevelMaxPool())
+
+
 def _trainable_layers(arch: str, is_trained: bool, requested: int | None,
                       report: list[str]) -> int:
     """torchvision's ``_validate_trainable_layers``, reporting instead of warning."""
@@ -445,7 +354,7 @@ def _build(arch: str, num_classes: int, pretrained: str, trainable: int,
         # checked, then dropped with it when the detector backbone is cut out)
         if backbone_state is not None:
             state, path = backbone_state
-            _load_checked(net, state, path, what, report)
+            load_checked(net, state, path, what, report)
             report.append(f"loaded ImageNet {what} weights from {path}")
 
     if arch in ("resnet50_fpn", "resnet50_fpn_v2"):
@@ -467,6 +376,21 @@ def _build(arch: str, num_classes: int, pretrained: str, trainable: int,
                 **kwargs)
         return FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=generator,
                           rpn_head=RPNHead(backbone.out_channels, per_location), **kwargs)
+
+    if arch == "resnet18_fpn":
+        norm = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+        net = resnet18(weights=None, norm_layer=norm)
+        load_backbone(net, "torchvision resnet18")
+        backbone = _resnet18_fpn(net, trainable)
+        generator = anchors if anchors is not None else AnchorGenerator(
+            RESNET18_ANCHOR_SIZES_PX, (DEFAULT_ASPECT_RATIOS,) * RESNET18_FEATURE_MAPS)
+        return FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=generator,
+                          rpn_head=RPNHead(backbone.out_channels,
+                                           generator.num_anchors_per_location()[0]),
+                          box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=7,
+                                                          sampling_ratio=2),
+                          box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 1024),
+                          **kwargs)
 
     if arch == "mobilenet_v3_fpn":
         norm = FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
@@ -491,7 +415,7 @@ def _build(arch: str, num_classes: int, pretrained: str, trainable: int,
         state, path = backbone_state
         with torch.device("meta"):
             reference = vgg16(weights=None).state_dict()
-        state, _, _ = _fit_state(reference, state, path, "a torchvision vgg16", ())
+        state, _, _ = fit_state(reference, state, path, "a torchvision vgg16", ())
         features.load_state_dict({k[len("features."):]: v for k, v in state.items()
                                   if k.startswith("features.")})
         report.append(f"loaded ImageNet torchvision vgg16 weights from {path}")
@@ -528,7 +452,9 @@ def build_model(arch: str, num_classes: int, *, pretrained: str = "none",
                 weights: Path | None = None, anchors: dict | None = None, size_px: int = 512,
                 detections_per_img: int = 100, score_thresh: float = 0.001,
                 nms_iou: float = 0.5, trainable_backbone_layers: int | None = None,
-                load_pretrained: bool = True, report: list[str] | None = None) -> FasterRCNN:
+                rpn_score_thresh: float | None = None, rois_per_image: int = 512,
+                rpn_pre_nms_train: int = 2000, rpn_post_nms_train: int = 2000,
+                rpn_post_nms_test: int = 1000, load_pretrained: bool = True, report: list[str] | None = None) -> FasterRCNN:
     """A torchvision ``FasterRCNN`` of ``arch`` (see the module docstring).
 
     Args:
@@ -546,6 +472,16 @@ def build_model(arch: str, num_classes: int, *, pretrained: str = "none",
             and per-class NMS IoU.
         trainable_backbone_layers: stages that train with pretrained weights (default 3; see
             :data:`TRAINABLE_LAYERS`); without pretrained weights everything trains.
+        rpn_score_thresh: RPN proposals with a lower objectness are dropped (training and
+            inference); None: the arch's torchvision default (0.05 for ``mobilenet_v3_fpn``, else
+            0). From random weights every objectness starts near 0.5 and then falls, so a threshold
+            can leave the box head without proposals early in training.
+        rois_per_image: proposals sampled per image to train the box head
+            (``box_batch_size_per_image``; torchvision 512). The box head's cost is linear in it.
+        rpn_pre_nms_train, rpn_post_nms_train: RPN proposals kept per image (per feature level
+            before NMS, in all after NMS) in training (torchvision 2000 / 2000).
+        rpn_post_nms_test: proposals kept after NMS at inference (torchvision 1000; the Faster
+            R-CNN paper tested with 300). The box head's inference cost is linear in it.
         load_pretrained: False builds exactly the structure ``pretrained`` implies without
             reading any file (``weights`` is ignored): for rebuilding a trained model whose own
             ``state_dict`` is loaded next, on a machine without the pretrained files.
@@ -585,7 +521,7 @@ def build_model(arch: str, num_classes: int, *, pretrained: str = "none",
     path = state = None
     if load_pretrained:
         if source is not None:
-            path = _resolve_file(source, weights)
+            path = resolve_file(source, weights)
             state = read_state_dict(path)
         elif weights is not None:
             path = Path(weights)
@@ -593,8 +529,20 @@ def build_model(arch: str, num_classes: int, *, pretrained: str = "none",
     elif weights is not None:
         report.append(f"weights {weights} not read (load_pretrained=False)")
 
+    rois_per_image = _positive_int("rois_per_image", rois_per_image)
+    rpn_pre_nms_train = _positive_int("rpn_pre_nms_train", rpn_pre_nms_train)
+    rpn_post_nms_train = _positive_int("rpn_post_nms_train", rpn_post_nms_train)
+    rpn_post_nms_test = _positive_int("rpn_post_nms_test", rpn_post_nms_test)
     kwargs = dict(min_size=size_px, max_size=size_px, box_detections_per_img=detections_per_img,
-                  box_score_thresh=float(score_thresh), box_nms_thresh=float(nms_iou))
+                  box_score_thresh=float(score_thresh), box_nms_thresh=float(nms_iou),
+                  box_batch_size_per_image=rois_per_image,
+                  rpn_pre_nms_top_n_train=rpn_pre_nms_train,
+                  rpn_post_nms_top_n_train=rpn_post_nms_train,
+                  rpn_post_nms_top_n_test=rpn_post_nms_test)
+    if rpn_score_thresh is not None:
+        if not 0.0 <= float(rpn_score_thresh) < 1.0:
+            raise ValueError(f"rpn_score_thresh must be in [0, 1), not {rpn_score_thresh!r}")
+        kwargs["rpn_score_thresh"] = float(rpn_score_thresh)
     backbone_state = ((state, path) if state is not None and source is not None
                       and source.kind == "backbone" else None)
     model = _build(arch, num_classes, pretrained, trainable, backbone_state, generator, kwargs,
@@ -606,14 +554,14 @@ def build_model(arch: str, num_classes: int, *, pretrained: str = "none",
             if isinstance(module, FrozenBatchNorm2d):
                 module.eps = 0.0
     if state is not None and source is not None and source.kind == "detector":
-        skipped = _load_checked(model, state, path, f"a torchvision {arch} detector", report,
-                                skippable=_HEAD_PREFIXES)
+        skipped = load_checked(model, state, path, f"a torchvision {arch} detector", report,
+                                skippable=HEAD_PREFIXES)
         report.append(f"loaded COCO {arch} weights from {path}")
         if skipped:
             report.append(f"skipped (shape depends on classes/anchors, trained from scratch): "
                           f"{', '.join(skipped)}")
     elif state is not None and source is None:
-        _load_checked(model, state, path,
+        load_checked(model, state, path,
                       f"this model ({arch}, num_classes={num_classes}, these anchors)", report)
         report.append(f"loaded all {arch} weights from {path}")
     return model

@@ -102,11 +102,12 @@ def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
 def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: str = "test",
             batch_size: int = 8, workers: int = 0, device: str = "auto", amp: bool = False,
             score_thresh: float = 0.001, detections_per_img: int = 100,
-            show_progress: bool = True) -> PredictResult:
+            nms_iou: float | None = None, show_progress: bool = True) -> PredictResult:
     """Write COCO results json of a trained model over ``prepared``'s ``split``.
 
     Boxes are 0-based ``[x, y, w, h]`` pixels of the prepared images, ``category_id`` the prepared
     COCO ids; the checkpoint's classes must equal the prepared folder's (else :class:`DataError`).
+    ``nms_iou``: the box NMS IoU (default: the one the run was trained with).
     """
     import time
 
@@ -118,7 +119,8 @@ def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: s
     state = ckpt.load(path)
     dev = ckpt.pick_device(device)
     model = ckpt.model_from_checkpoint(state, score_thresh=score_thresh,
-                                       detections_per_img=detections_per_img).to(dev)
+                                       detections_per_img=detections_per_img,
+                                       nms_iou=nms_iou).to(dev)
     dataset = PreparedSplit(prepared, split)
     trained = tuple(state["classes"]["names"])
     if trained != dataset.classes.names:
