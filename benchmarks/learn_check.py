@@ -153,11 +153,9 @@ def counts(prepared: Path) -> dict:
     return {s: manifest["counts"][s]["images"] for s in ("train", "val", "test")}
 
 
-def run_frcnn(check: Check, lesion: Runner, work: Path, prepared: Path, log) -> dict:
-    from deeplesion_cli import runlog
-
-    run = work / check.name
-    shutil.rmtree(run, ignore_errors=True)
+def with_anchors(check: Check, lesion: Runner, work: Path, prepared: Path) -> list:
+    """The check's training options, plus ``--anchors`` of `lesion anchors --clusters k` at the
+    network size when the check asks for k-means anchors."""
     args = list(check.train_args)
     if check.anchors:
         anchors = work / f"{check.name}-anchors.json"
@@ -165,7 +163,15 @@ def run_frcnn(check: Check, lesion: Runner, work: Path, prepared: Path, log) -> 
         lesion("anchors", prepared, "--clusters", check.anchors, "--size", size,
                "-o", anchors, capture=True)
         args += ["--anchors", anchors]
-    lesion("train", "frcnn", prepared, "--out", run, *args)
+    return args
+
+
+def run_frcnn(check: Check, lesion: Runner, work: Path, prepared: Path, log) -> dict:
+    from deeplesion_cli import runlog
+
+    run = work / check.name
+    shutil.rmtree(run, ignore_errors=True)
+    lesion("train", "frcnn", prepared, "--out", run, *with_anchors(check, lesion, work, prepared))
     rows = runlog.read_metrics(run / "metrics.csv")
     curve = [{"epoch": int(r["epoch"]), "loss": r["loss"], "train_AP50": r.get("train_mAP50"),
               "val_AP50": r.get("val_mAP50"), "seconds": r["seconds"]} for r in rows]
@@ -180,14 +186,8 @@ def run_yolo(check: Check, lesion: Runner, work: Path, prepared: Path, log) -> d
     run = work / check.name
     shutil.rmtree(run, ignore_errors=True)
     cfg = work / f"{check.name.replace('-', '_')}.cfg"
-    args = list(check.train_args)
-    if check.anchors:
-        anchors = work / f"{check.name}-anchors.json"
-        size = args[args.index("--size") + 1]
-        lesion("anchors", prepared, "--clusters", check.anchors, "--size", size,
-               "-o", anchors, capture=True)
-        args += ["--anchors", anchors]
-    lesion("cfg", prepared, *args, "-o", cfg, capture=True)
+    lesion("cfg", prepared, *with_anchors(check, lesion, work, prepared), "-o", cfg,
+           capture=True)
     lesion("train", "yolo", prepared, "--cfg", cfg, "--out", run)
     from deeplesion_cli import runlog
 

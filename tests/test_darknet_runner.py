@@ -632,7 +632,7 @@ def test_a_run_that_never_leaves_its_warm_up_fails(prepared, base):
     and exits 0 with final weights; lesion calls it a failure and names burn_in."""
     cfg = tiny_cfg(base / "cfgs-burn" / "tiny.cfg", max_batches=4, burn_in=1000)
     run = base / "run-burn"
-    with pytest.raises(runner.DarknetRunError) as caught:
+    with pytest.raises(DarknetRunError) as caught:
         runner.train(prepared, cfg, run, show_progress=False)
     message = str(caught.value)
     assert "the learning rate was 0 at every iteration (1-4)" in message

@@ -40,6 +40,7 @@ import torch
 from deeplesion_cli import __version__, atomic, runlog
 from deeplesion_cli.frcnn import checkpoint as ckpt
 from deeplesion_cli.frcnn.data import DataError, PreparedSplit, collate, read_manifest, to_model_input
+from deeplesion_cli.frcnn.threads import ThreadsError, check_resumed_threads, resolve_threads
 from deeplesion_cli.progress import Progress
 
 LOSS_PARTS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -251,48 +252,6 @@ def _broadcast(obj, dist_info: Dist):
 
 # ---------------------------------------------------------------------------- pieces
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask: what a container or ``taskset``
-    grants, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads(cores: int, local_ranks: int, workers: int) -> int:
-    """Intra-op threads per rank when ``--threads`` is not given: the cores shared evenly by the
-    ranks on this machine, less one core per rank when loader workers decode images beside it
-    (they take a core of their own while the step runs), at least 1. Oversubscribing makes
-    torch's thread pool spin against other processes: on a 2-core machine with another job running,
-    2 threads ran 7-12 s per step and 1 thread 1.4-2.2 s."""
-    share = cores // max(1, local_ranks)
-    if workers > 0 and share > 2:
-        share -= 1
-    return max(1, share)
-
-
-def resolve_threads(threads: int | None, workers: int, device: torch.device,
-                    dist_info: Dist) -> int:
-    """``threads`` when given, else :func:`default_threads` for this machine and torchrun's
-    ``LOCAL_WORLD_SIZE`` ranks."""
-    if threads is not None:
-        return int(threads)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world_size if dist_info.enabled
-                               else 1))
-    return default_threads(available_cores(), local, workers)
-
-
-def _check_resumed_threads(requested: int | None, recorded: int | None) -> None:
-    """``--threads`` on resume must equal the count the run was trained with: the thread count
-    changes the order of float reductions (a run resumed with 2 threads instead of 1 ended its next
-    epoch up to 1e-3 away from the uninterrupted run), so exact resume needs the same one."""
-    if requested is not None and recorded is not None and requested != recorded:
-        raise OptionError(f"--threads {requested} differs from the {recorded} thread(s) this run "
-                          "was trained with; a resumed run keeps its thread count (another one "
-                          "changes float rounding, so the run would not continue exactly)")
-
-
 def seed_everything(seed: int) -> None:
     seed = int(seed) % (2 ** 63)
     torch.manual_seed(seed)
@@ -450,7 +409,10 @@ def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resum
         state = ckpt.load(last_path)
         options = TrainOptions.from_json(state["options"])
         overrides = dict(overrides or {})
-        _check_resumed_threads(overrides.pop("threads", None), state.get("threads"))
+        try:
+            check_resumed_threads(overrides.pop("threads", None), state.get("threads"))
+        except ThreadsError as exc:
+            raise OptionError(str(exc)) from None
         for name, value in overrides.items():
             if getattr(options, name) == value:
                 continue
@@ -474,7 +436,7 @@ def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resum
     device = ckpt.pick_device(options.device)
     # a resumed run keeps the thread count it was trained with (recorded when it was chosen)
     threads = ((state or {}).get("threads")
-               or resolve_threads(options.threads, options.workers, device, dist_info))
+               or resolve_threads(options.threads, options.workers, dist_info.world_size))
     torch.set_num_threads(threads)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
@@ -599,6 +561,11 @@ def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resum
             log(f"resume from {last_path} at epoch {start_epoch}, step {step}", echo=True)
         for line in report:
             log(f"weights: {line}")
+        if dist_info.enabled:
+            import torch.distributed as dist
+
+            log(f"distributed: {dist.get_backend()} process group, {dist_info.world_size} "
+                "rank(s), DistributedDataParallel")
         if len(val_set) == 0:
             log("warning: the val split is empty: no validation metrics, no best.pt")
 
