@@ -45,7 +45,7 @@ LESION = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from deeplesion_cli.evaluation import coco
-from deeplesion_cli.evaluation.data import load_ground_truth
+from deeplesion_cli.formats.groundtruth import load_ground_truth
 from deeplesion_cli.formats.detections import read_detections
 gt_path, dt_path = sys.argv[1:3]
 gt = load_ground_truth(gt_path)
@@ -60,7 +60,7 @@ print(json.dumps({"total_s": t2 - t0, "metrics_s": t2 - t1, "stats": list(stats.
 LESION_ALL = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from deeplesion_cli.evaluation.data import load_ground_truth
+from deeplesion_cli.formats.groundtruth import load_ground_truth
 from deeplesion_cli.evaluation.evaluate import evaluate_runs
 from deeplesion_cli.formats.detections import read_detections
 gt_path, dt_path = sys.argv[1:3]

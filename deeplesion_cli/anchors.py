@@ -117,6 +117,8 @@ from pathlib import Path
 import numpy as np
 
 from deeplesion_cli import __version__, atomic
+from deeplesion_cli.errors import LesionInputError
+from deeplesion_cli.prepared import Prepared
 
 #: IoU at and above which a box counts as covered by an anchor (``recall_at_05``).
 RECALL_IOU = 0.5
@@ -142,20 +144,24 @@ class AnchorResult:
 
 # ---------------------------------------------------------------- input
 
+class AnchorsInputError(LesionInputError):
+    """A prepared split whose boxes cannot be clustered; the message names the file."""
+
+
 def load_boxes(prepared_dir, split: str = "train") -> np.ndarray:
     """``(n, 2)`` box width and height relative to their image, from ``coco/<split>.json``.
 
-    Raises ValueError naming the file when it is missing or unreadable, when an annotation refers
+    Raises :class:`AnchorsInputError` naming the file when it is missing or unreadable, when an annotation refers
     to an unknown image or has a non-positive size, or when there is no box at all.
     """
-    path = Path(prepared_dir) / "coco" / f"{split}.json"
+    path = Prepared(prepared_dir).coco_path(split)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: not found; PREPARED must be a folder written by lesion prepare"
+        raise AnchorsInputError(f"{path}: not found; PREPARED must be a folder written by lesion prepare"
                          f" (split {split!r})") from None
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read COCO json ({exc})") from None
+        raise AnchorsInputError(f"{path}: cannot read COCO json ({exc})") from None
     try:
         sizes = {}
         for image in document["images"]:
@@ -175,13 +181,13 @@ def load_boxes(prepared_dir, split: str = "train") -> np.ndarray:
             width, height = sizes[ann["image_id"]]
             wh.append((w / width, h / height))
     except KeyError as exc:
-        raise ValueError(f"{path}: not a COCO instances file (missing key {exc})") from None
+        raise AnchorsInputError(f"{path}: not a COCO instances file (missing key {exc})") from None
     except (TypeError, IndexError) as exc:
-        raise ValueError(f"{path}: not a COCO instances file ({exc})") from None
+        raise AnchorsInputError(f"{path}: not a COCO instances file ({exc})") from None
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise AnchorsInputError(f"{path}: {exc}") from None
     if not wh:
-        raise ValueError(f"{path}: no boxes to cluster (split {split!r} has no annotations)")
+        raise AnchorsInputError(f"{path}: no boxes to cluster (split {split!r} has no annotations)")
     return np.asarray(wh, dtype=np.float64).reshape(-1, 2)
 
 

@@ -4,9 +4,10 @@ synth -> prepare (universal task, official split, soft-tissue window) -> anchors
 Faster R-CNN training (resnet18_fpn from random weights, with the CPU recipe of
 ``benchmarks/learn_check.py``) -> predict -> a short darknet training (when a darknet binary is
 found) -> eval (both backends side by side) -> report. Every step is the library call the matching
-``lesion`` command makes, and the console shows that command, so the demo doubles as a script to
-copy. The demo ends with the headline figures: each detector's test AP50, AP, FROC sensitivity at
-4 false positives per image and its number of detections.
+``lesion`` command makes (:mod:`deeplesion_cli.steps`), and the console shows that command, built
+from the same option declarations, so the demo doubles as a script to copy. The demo ends with
+the headline figures: each detector's test AP50, AP, FROC sensitivity at 4 false positives per
+image and its number of detections.
 
 With the defaults (:class:`DemoOptions`) the Faster R-CNN learns enough in about 6 minutes of 2 CPU
 cores to find most test lesions (held-out test AP50 above 0.3; README states the figures); the few
@@ -22,6 +23,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from deeplesion_cli.spec.core import shell_line
 
 
 #: The window the demo prepares with: soft tissue, where lesions show as a radiologist sees them
@@ -48,28 +51,14 @@ def frcnn_options(options: DemoOptions):
     (random weights; k-means anchors; 32 RoIs per image from 300 proposals, no RPN score
     threshold; box NMS at IoU 0.3; Adam 1e-3 with 50 warm-up steps and a cosine schedule; no
     augmentation)."""
-    from deeplesion_cli.frcnn import engine
+    from deeplesion_cli.frcnn.options import TrainOptions
 
-    return engine.TrainOptions(
+    return TrainOptions(
         arch=options.arch, size_px=options.model_size_px, epochs=options.epochs,
         batch_size=4, optimizer="adam", lr=1e-3, warmup_steps=50, scheduler="cosine",
         augment="none",
         rois_per_image=32, rpn_pre_nms_train=300, rpn_post_nms_train=300, rpn_post_nms_test=300,
         rpn_score_thresh=0.0, nms_iou=0.3, workers=1, eval_train_images=32, seed=options.seed)
-
-
-def _option_words(options) -> str:
-    """The flags of the options that differ from ``lesion train frcnn``'s defaults."""
-    from deeplesion_cli.frcnn.engine import TrainOptions
-    from deeplesion_cli.matrix import FRCNN_OPTIONS, _flag_words
-
-    defaults = TrainOptions()
-    words = []
-    for key, (kind, flag) in FRCNN_OPTIONS.items():
-        value = getattr(options, key)
-        if value != getattr(defaults, key):
-            words += _flag_words(kind, flag, value, Path.cwd()) if value is not False else []
-    return " ".join(str(w) for w in words)
 
 
 @dataclass
@@ -93,36 +82,37 @@ def _darknet_binary(explicit: str | None) -> str | None:
     return None
 
 
+def _line(words) -> str:
+    return shell_line(words)
+
+
 def run_demo(out_dir: Path, options: DemoOptions = DemoOptions(),
              log: Callable[[str], None] = print, show_progress: bool = True) -> DemoResult:
-    """Run every step into ``out_dir`` (module docstring); ``log`` receives one line per step."""
-    import json
-
+    """Run every step into ``out_dir`` (module docstring); ``log`` receives one line per step:
+    the ``lesion`` command that step stands for, made by the same :mod:`deeplesion_cli.steps`
+    function the command line and ``lesion matrix`` use."""
     from deeplesion_cli import anchors as anchors_lib
-    from deeplesion_cli import atomic
+    from deeplesion_cli import steps
     from deeplesion_cli.deeplesion.synth import synthesize
-    from deeplesion_cli.evaluation.data import load_ground_truth
-    from deeplesion_cli.evaluation.evaluate import EvalOptions, evaluate_runs
-    from deeplesion_cli.evaluation.outputs import write_outputs
-    from deeplesion_cli.formats.detections import read_detections
     from deeplesion_cli.prepare import PrepareOptions, prepare, window_name
-    from deeplesion_cli.report.build import build_report
 
     out = Path(out_dir)
     data_dir, prepared = out / "deeplesion", out / "prepared"
     notes: list[str] = []
-    steps = 9
-    k = iter(range(1, steps + 1))
+    total = 9
+    k = iter(range(1, total + 1))
 
-    log(f"[{next(k)}/{steps}] lesion synth {data_dir} --patients {options.patients} "
-        f"--seed {options.seed} --size {options.synth_size_px}")
+    def step(words, numbered: bool = True) -> None:
+        log(f"{f'[{next(k)}/{total}]' if numbered else '     '} {_line(words)}")
+
+    step(["lesion", "synth", data_dir, "--patients", options.patients, "--seed", options.seed,
+          "--size", options.synth_size_px])
     if not (data_dir / "DL_info.csv").is_file():
         synthesize(data_dir, patients=options.patients, seed=options.seed,
                    size_px=options.synth_size_px, workers=options.workers,
                    show_progress=show_progress)
-    window = window_name(DEMO_WINDOW_HU)
-    log(f"[{next(k)}/{steps}] lesion prepare {data_dir} {prepared} --task universal "
-        f"--split official --window {window}")
+    step(["lesion", "prepare", data_dir, prepared, "--task", "universal", "--split", "official",
+          "--window", window_name(DEMO_WINDOW_HU)])
     prepared_result = prepare(data_dir, prepared,
                               PrepareOptions(task="universal", split="official",
                                              windows=(DEMO_WINDOW_HU,)),
@@ -133,8 +123,8 @@ def run_demo(out_dir: Path, options: DemoOptions = DemoOptions(),
     # darknet: 6 anchors over its two heads; Faster R-CNN: 3 sizes (x 3 ratios) on every map
     anchors_json, frcnn_anchors_json = prepared / "anchors.json", prepared / "anchors-frcnn.json"
     for path, clusters, at in ((anchors_json, 6, dn_size), (frcnn_anchors_json, 3, size)):
-        log(f"{f'[{next(k)}/{steps}]' if clusters == 6 else '     '} lesion anchors {prepared} "
-            f"--clusters {clusters} --size {at} -o {path}")
+        step(["lesion", "anchors", prepared, "--clusters", clusters, "--size", at, "-o", path],
+             numbered=clusters == 6)
         anchor_result = anchors_lib.compute_anchors(prepared, clusters=clusters,
                                                     size=(at, at), seed=0)
         anchors_lib.write_anchors_json(path, anchor_result)
@@ -143,84 +133,69 @@ def run_demo(out_dir: Path, options: DemoOptions = DemoOptions(),
     runs: dict[str, Path] = {}
     detections: dict[str, Path] = {}
     cfg_path = out / "yolov3-tiny.cfg"
-    log(f"[{next(k)}/{steps}] lesion cfg {prepared} --arch yolov3-tiny --size {dn_size} --anchors "
-        f"{anchors_json} --batch 8 --subdivisions 1 --max-batches "
-        f"{options.darknet_iterations} -o {cfg_path}")
-    from deeplesion_cli.darknet.generate import generate_cfg
-
-    manifest = json.loads((prepared / "manifest.json").read_text())
-    atomic.write_text(cfg_path, generate_cfg(
-        "yolov3-tiny", classes=len(manifest["classes"]), size=(dn_size, dn_size),
-        anchors_px=json.loads(anchors_json.read_text())["anchors"], batch=8, subdivisions=1,
-        max_batches=max(options.darknet_iterations, 1),
-        n_train_images=manifest["counts"]["train"]["images"]))
+    cfg_values = {"arch": "yolov3-tiny", "size": str(dn_size), "anchors": str(anchors_json),
+                  "batch": 8, "subdivisions": 1,
+                  "max_batches": max(options.darknet_iterations, 1)}
+    step(steps.cfg_words(prepared, cfg_path, cfg_values, changed_only=True))
+    steps.write_cfg(prepared, cfg_path, cfg_values)
 
     # Faster R-CNN: train (or resume / skip), then predict the test split
     from deeplesion_cli.frcnn import checkpoint as ckpt
-    from deeplesion_cli.frcnn import engine
-    from deeplesion_cli.frcnn.predict import predict
 
     frcnn_run = out / "runs" / "frcnn"
     train_opts = dataclasses.replace(frcnn_options(options),
                                      anchors=str(frcnn_anchors_json.resolve()))
-    log(f"[{next(k)}/{steps}] lesion train frcnn {prepared} --out {frcnn_run} "
-        f"{_option_words(train_opts)}")
+    step(steps.train_frcnn_words(prepared, frcnn_run, train_opts, changed_only=True))
     resume = (frcnn_run / "last.pt").is_file()
     if resume and ckpt.load(frcnn_run / "last.pt")["epoch"] >= options.epochs:
         log("      already trained")
     else:
-        engine.train(prepared, frcnn_run, train_opts, resume=resume,
-                     overrides={"epochs": options.epochs} if resume else None,
-                     show_progress=show_progress)
+        steps.train_frcnn(prepared, frcnn_run, train_opts, resume=resume,
+                          overrides={"epochs": options.epochs} if resume else None,
+                          show_progress=show_progress)
     runs["frcnn"] = frcnn_run
     detections["frcnn"] = out / "frcnn.json"
-    log(f"      lesion predict frcnn {frcnn_run} {prepared} --split test -o "
-        f"{detections['frcnn']}")
-    predict(frcnn_run, prepared, detections["frcnn"], split="test", workers=0,
-            show_progress=show_progress)
+    predict_values = {"split": "test", "workers": 0}
+    step(steps.predict_frcnn_words(frcnn_run, prepared, detections["frcnn"], predict_values),
+         numbered=False)
+    steps.predict_frcnn(frcnn_run, prepared, detections["frcnn"], predict_values,
+                        show_progress=show_progress)
 
-    log(f"[{next(k)}/{steps}] lesion train yolo {prepared} --cfg {cfg_path} --out "
-        f"{out / 'runs' / 'yolo'}")
+    yolo_run = out / "runs" / "yolo"
+    yolo_values = {"darknet": binary}
+    step(steps.train_yolo_words(prepared, cfg_path, yolo_run, yolo_values))
     if binary is None:
         reason = ("--darknet-iterations 0" if options.darknet_iterations <= 0
                   else "no darknet binary found (apt-get install darknet, or set $DARKNET)")
         log(f"      skipped: {reason}")
         notes.append(f"darknet skipped: {reason}")
     else:
-        from deeplesion_cli.darknet import runner
-
-        yolo_run = out / "runs" / "yolo"
-        final = yolo_run / "backup" / f"{cfg_path.stem}_final.weights"
+        final = steps.final_weights(yolo_run, cfg_path)
         if final.is_file():
             log("      already trained")
         else:
             if yolo_run.exists():
                 shutil.rmtree(yolo_run)  # a partial darknet run: a few iterations, start over
-            runner.train(prepared, cfg_path, yolo_run, darknet=binary,
-                         show_progress=show_progress)
+            steps.train_yolo(prepared, cfg_path, yolo_run, yolo_values,
+                             show_progress=show_progress)
         runs["yolo"] = yolo_run
         detections["yolo"] = out / "yolo.json"
-        log(f"      lesion predict yolo {prepared} --cfg {cfg_path} --weights {final} -o "
-            f"{detections['yolo']}")
-        runner.predict(prepared, cfg_path, final, split="test", out_json=detections["yolo"],
-                       darknet=binary, show_progress=show_progress)
+        step(steps.predict_yolo_words(prepared, cfg_path, final, detections["yolo"], yolo_values),
+             numbered=False)
+        steps.predict_yolo(prepared, cfg_path, final, detections["yolo"], yolo_values,
+                           show_progress=show_progress)
 
     eval_dir = out / "eval"
-    preds = " ".join(f"--pred {name}={path}" for name, path in detections.items())
-    log(f"[{next(k)}/{steps}] lesion eval {prepared} {preds} --split test --out {eval_dir}")
-    gt_path = prepared / "coco" / "test.json"
-    gt = load_ground_truth(gt_path)
-    dets = {name: read_detections(path, gt) for name, path in detections.items()}
-    document = evaluate_runs(gt, dets, EvalOptions(), ground_truth_path=str(gt_path))
-    write_outputs(document, eval_dir)
+    step(steps.evaluate_words(prepared, detections, split="test", out_dir=eval_dir))
+    evaluation = steps.evaluate(prepared, detections, split="test", out_dir=eval_dir)
 
     report_dir = out / "report"
-    log(f"[{next(k)}/{steps}] lesion report {' '.join(str(p) for p in runs.values())} --eval "
-        f"{eval_dir} --prepared {prepared} --out {report_dir}")
-    report = build_report(list(runs.values()), [eval_dir], prepared, report_dir)
+    step(steps.report_words(list(runs.values()), [eval_dir], prepared, report_dir))
+    report = steps.report(list(runs.values()), [eval_dir], prepared, report_dir)
     notes += report.warnings
-    log(f"[{next(k)}/{steps}] done")
-    return DemoResult(out, prepared, runs, detections, eval_dir, report.index, document, notes)
+    log(f"[{next(k)}/{total}] done")
+    return DemoResult(out, prepared, runs, detections, eval_dir, report.index,
+                      evaluation.document, notes)
 
 
 def headline(result: DemoResult, options: DemoOptions) -> list[str]:

@@ -58,6 +58,7 @@ import os
 from pathlib import Path
 
 from deeplesion_cli import atomic
+from deeplesion_cli.errors import LesionInputError
 
 METRICS_COLUMNS = ["step", "epoch", "loss", "avg_loss", "lr", "images", "seconds",
                    "images_per_s", "train_mAP50", "train_mAP75", "train_mAP", "train_mean_iou",
@@ -69,7 +70,7 @@ METRICS_COLUMNS = ["step", "epoch", "loss", "avg_loss", "lr", "images", "seconds
 INTEGER_COLUMNS = frozenset({"step", "images"})
 
 
-class MetricsError(ValueError):
+class MetricsError(LesionInputError):
     """A metrics.csv that cannot be appended to or read."""
 
 

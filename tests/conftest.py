@@ -1,5 +1,5 @@
-"""Shared fixtures. Real DL_info.csv rows come from ../shared/reference/deeplesion/ (beside the
-repository, as in CI); pixel data is always made here, never downloaded."""
+"""Shared fixtures. Real DL_info.csv rows come from tests/data/deeplesion/ (851 public NIH rows,
+see tests/data/README.md); pixel data is always made here, never downloaded."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from deeplesion_cli.deeplesion import hu, schema
-from deeplesion_cli.evaluation.data import Detections, ground_truth_from_dict
+from deeplesion_cli.formats.groundtruth import Detections, ground_truth_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "reference" / "deeplesion"
+DATA_DIR = REPO / "tests" / "data" / "deeplesion"
 REAL_CSVS = ("DL_info_head693.csv", "DL_info_p89-100.csv")
 
 
 def real_csv(name: str) -> Path:
-    path = REFERENCE_DIR / name
-    assert path.is_file(), f"reference rows missing: {path} (shared/ must sit beside the repo)"
+    path = DATA_DIR / name
+    assert path.is_file(), f"reference rows missing: {path} (see tests/data/README.md)"
     return path
 
 

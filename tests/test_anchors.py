@@ -394,7 +394,7 @@ RAND_MAX = 2**31 - 1  # glibc
 
 def darknet_calc_anchors(wh_rel, num_of_clusters, width, height, rng, start=None):
     """Python transcription of AlexeyAB's ``detector calc_anchors`` (detector.c) and
-    ``do_kmeans`` (matrix.c), as documented in shared/reference/darknet.md section 9.
+    ``do_kmeans`` (matrix.c), as documented in docs/darknet.md section 9.
 
     Returns (anchors (k, 2) in network pixels sorted by area, avg IoU as a fraction, iterations).
     ``start``, a list, receives the k starting centres.
@@ -494,7 +494,7 @@ def test_same_start_same_anchors_as_darknet():
 
 @pytest.fixture(scope="module")
 def real_boxes(real_rows):
-    """Relative sizes of the 851 real DeepLesion boxes in shared/reference/deeplesion/."""
+    """Relative sizes of the 851 real DeepLesion boxes in tests/data/deeplesion/."""
     wh = []
     for r in real_rows:
         x1, y1, x2, y2 = r.box_xyxy_px0()

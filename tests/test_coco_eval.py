@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from deeplesion_cli.evaluation import coco
-from deeplesion_cli.evaluation.data import Detections, ground_truth_from_dict
+from deeplesion_cli.formats.groundtruth import Detections, ground_truth_from_dict
 
 
 def pycocotools_eval(gt_dict: dict, results: list[dict]) -> COCOeval:

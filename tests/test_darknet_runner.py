@@ -1,5 +1,5 @@
 """darknet runner: console parsing (verbatim lines of the three forks from
-shared/reference/darknet.md), metrics.csv, finding/identifying the binary, input validation, and
+docs/darknet.md), metrics.csv, finding/identifying the binary, input validation, and
 end to end with the real pjreddie darknet (/usr/bin/darknet, CPU) on a tiny synthetic set.
 
 The darknet steps are kept tiny: a 1-class yolov3-tiny at 128 px, batch 2, 6 iterations
@@ -23,8 +23,12 @@ from PIL import Image
 
 from deeplesion_cli import runlog
 from deeplesion_cli.darknet import log as dlog
-from deeplesion_cli.darknet import runner
-from deeplesion_cli.darknet.runner import (DarknetError, DarknetInputError, DarknetNotFound,
+from deeplesion_cli.darknet import binary as dbinary
+from deeplesion_cli.darknet import inputs as dinputs
+from deeplesion_cli.darknet import predict as dpredict
+from deeplesion_cli.darknet import process as dprocess
+from deeplesion_cli.darknet import train as dtrain
+from deeplesion_cli.darknet.errors import (DarknetError, DarknetInputError, DarknetNotFound,
                                            DarknetRunError)
 
 STOCK_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
@@ -138,7 +142,7 @@ def test_map_lines():
     assert final == dlog.MapResult(0.954631, 0.5, "map")
     hk = dlog.parse_line("-> mean average precision (mAP@0.50)=95.46%")
     assert hk.kind == "map" and hk.map == pytest.approx(0.9546)
-    # `detector map` prints its first class line after a \r rank counter (darknet.md 6.1)
+    # `detector map` prints its first class line after a \r rank counter (docs/darknet.md 6.1)
     lines = dlog.split_text(" rank = 0 of ranks = 54 \rclass_id = 0, name = obj, ap = 95.46%   "
                             "\t (TP = 21, FP = 0)\n")
     assert lines[1].startswith("class_id = 0, name = obj")
@@ -250,42 +254,42 @@ def test_metrics_survive_a_cut_row_and_truncate_for_resume(tmp_path):
 
 def test_find_darknet_explicit_bogus_path(tmp_path):
     with pytest.raises(DarknetNotFound) as info:
-        runner.find_darknet(tmp_path / "no" / "darknet")
+        dbinary.find_darknet(tmp_path / "no" / "darknet")
     assert "apt-get install darknet" in str(info.value)
     assert "--darknet" in str(info.value)
     not_exec = tmp_path / "darknet"
     not_exec.write_text("#!/bin/sh\n")
     with pytest.raises(DarknetNotFound, match="not an executable"):
-        runner.find_darknet(not_exec)
+        dbinary.find_darknet(not_exec)
 
 
 def test_find_darknet_without_darknet_on_path(tmp_path, monkeypatch):
     monkeypatch.delenv("DARKNET", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DarknetNotFound) as info:
-        runner.find_darknet()
+        dbinary.find_darknet()
     assert "apt-get install darknet" in str(info.value)
     assert "AlexeyAB" in str(info.value)
     monkeypatch.setenv("DARKNET", str(tmp_path / "missing"))
     with pytest.raises(DarknetNotFound, match=r"\$DARKNET"):
-        runner.find_darknet()
+        dbinary.find_darknet()
 
 
 @needs_darknet
 def test_find_darknet_env_and_path(monkeypatch):
     real = Path(shutil.which("darknet")).resolve()
     monkeypatch.setenv("DARKNET", str(real))
-    assert runner.find_darknet() == real
+    assert dbinary.find_darknet() == real
     monkeypatch.delenv("DARKNET")
-    assert runner.find_darknet() == real
-    assert runner.find_darknet("darknet") == real          # a name is looked up on PATH
+    assert dbinary.find_darknet() == real
+    assert dbinary.find_darknet("darknet") == real         # a name is looked up on PATH
 
 
 @needs_darknet
 def test_detect_fork_real_pjreddie():
-    binary = runner.find_darknet()
-    assert runner.detect_fork(binary) == "pjreddie"
-    assert runner.detect_fork(binary) == "pjreddie"  # cached
+    binary = dbinary.find_darknet()
+    assert dbinary.detect_fork(binary) == "pjreddie"
+    assert dbinary.detect_fork(binary) == "pjreddie"  # cached
 
 
 def _script(path: Path, body: str) -> Path:
@@ -295,31 +299,32 @@ def _script(path: Path, body: str) -> Path:
 
 
 def test_detect_fork_probe_rules_on_scripted_outputs(tmp_path):
-    """The probe rules, on the outputs darknet.md records for the forks we cannot run here."""
+    """The probe rules, on the outputs docs/darknet.md records for the forks we cannot run here."""
     hk = _script(tmp_path / "hk", 'echo "Darknet v5.1-104-gf684e1d7"\necho "  GPU is disabled."\n')
-    assert runner.detect_fork(hk) == "hankai"
+    assert dbinary.detect_fork(hk) == "hankai"
     ab = _script(tmp_path / "ab", 'echo " GPU isn\'t used "\n'
                  'if [ "$1" = version ]; then echo "Not an option: version" >&2; else '
                  'echo "usage: $0 $1 [train/test/valid/demo/map] [data] [cfg] [weights '
                  '(optional)]" >&2; fi\n')
-    assert runner.detect_fork(ab) == "alexeyab"
+    assert dbinary.detect_fork(ab) == "alexeyab"
     with pytest.raises(DarknetNotFound, match="does not behave like"):
-        runner.detect_fork(_script(tmp_path / "other", "echo hello\n"))
+        dbinary.detect_fork(_script(tmp_path / "other", "echo hello\n"))
 
 
 def test_commands_carry_only_flags_the_fork_knows():
-    pj = runner.train_command("/d", "pjreddie", "/r/obj.data", "/r/t.cfg")
+    pj = dtrain.train_command("/d", "pjreddie", "/r/obj.data", "/r/t.cfg")
     assert pj == ["/d", "detector", "train", "/r/obj.data", "/r/t.cfg"]
     with pytest.raises(ValueError, match="no -map"):
-        runner.train_command("/d", "pjreddie", "/r/obj.data", "/r/t.cfg", map=True)
-    ab = runner.train_command("/d", "alexeyab", "/r/obj.data", "/r/t.cfg", "/w.conv", map=True,
+        dtrain.train_command("/d", "pjreddie", "/r/obj.data", "/r/t.cfg", map=True)
+    ab = dtrain.train_command("/d", "alexeyab", "/r/obj.data", "/r/t.cfg", "/w.conv", map=True,
                               gpus="0,1")
     assert ab == ["/d", "detector", "train", "/r/obj.data", "/r/t.cfg", "/w.conv", "-dont_show",
                   "-map", "-gpus", "0,1"]
-    assert runner.predict_command("/d", "pjreddie", "/s/p.data", "/t.cfg", "/w", 0.005,
-                                  "/s/r.json") == ["/d", "detector", "valid", "/s/p.data",
-                                                   "/t.cfg", "/w"]
-    hk = runner.predict_command("/d", "hankai", "/s/p.data", "/t.cfg", "/w", 0.005, "/s/r.json")
+    assert dpredict.predict_command("/d", "pjreddie", "/s/p.data", "/t.cfg", "/w", 0.005,
+                                    "/s/r.json") == ["/d", "detector", "valid", "/s/p.data",
+                                                     "/t.cfg", "/w"]
+    hk = dpredict.predict_command("/d", "hankai", "/s/p.data", "/t.cfg", "/w", 0.005,
+                                  "/s/r.json")
     assert hk[2] == "test" and hk[6:] == ["-dont_show", "-ext_output", "-thresh", "0.005",
                                           "-out", "/s/r.json"]
 
@@ -389,8 +394,8 @@ def _with_train_list(folder: Path, images: list[str]) -> None:
 # --------------------------------------------------------------------------------- validation
 
 def test_validate_accepts_the_prepared_folder(prepared, cfg, base):
-    summary = runner.validate_inputs(prepared, cfg, ["train", "val", "test"],
-                                     backup_dir=base / "v-backup", unique_ids=True)
+    summary = dinputs.validate_inputs(prepared, cfg, ["train", "val", "test"],
+                                      backup_dir=base / "v-backup", unique_ids=True)
     assert summary.cfg.classes == 1 and summary.cfg.max_batches == MAX_BATCHES
     assert summary.cfg.base == "tiny"
     n_train = len((prepared / "train.txt").read_text().split())
@@ -415,7 +420,7 @@ def test_validate_sixteen_bit_image(prepared, cfg, base):
                 .with_suffix(".txt").name, image.with_suffix(".txt"))
     _with_train_list(folder, [str(image)])
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, cfg)
+        dinputs.validate_inputs(folder, cfg)
     message = str(info.value)
     assert f"{folder / 'train.txt'}:1: {image}" in message and "16-bit PNG" in message
 
@@ -426,7 +431,7 @@ def test_validate_missing_label_and_missing_image(prepared, cfg, base):
     ghost = base / "vlabel-img" / "ghost.png"
     _with_train_list(folder, [str(first), str(lonely), str(ghost)])
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, cfg)
+        dinputs.validate_inputs(folder, cfg)
     message = str(info.value)
     assert f"train.txt:2: {lonely}: no label file {lonely.with_suffix('.txt')}" in message
     assert f"train.txt:3: {ghost}: image does not exist" in message
@@ -440,7 +445,7 @@ def test_validate_class_id_and_coordinates(prepared, cfg, base):
     label.write_text("0 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n0 1.5 0.5 0.1 0\n")
     _with_train_list(folder, [str(image)])
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, cfg)
+        dinputs.validate_inputs(folder, cfg)
     message = str(info.value)
     assert f"{label}:2: class id 1 >= classes=1" in message
     assert f"{label}:3: x_center 1.5 is outside (0, 1]" in message
@@ -453,12 +458,12 @@ def test_validate_raw_in_path_for_pjreddie(prepared, cfg, base):
     shutil.copy(first.with_suffix(".txt"), image.with_suffix(".txt"))
     _with_train_list(folder, [str(image)])
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, cfg, fork="pjreddie")
+        dinputs.validate_inputs(folder, cfg, fork="pjreddie")
     message = str(info.value)
     assert str(image) in message and "'raw'" in message
     assert str(base / "labels" / "slice.txt") in message  # where pjreddie would look
     # AlexeyAB only rewrites /JPEGImages/ and /images/train2017/-style folders: fine there
-    runner.validate_inputs(folder, cfg, fork="alexeyab")
+    dinputs.validate_inputs(folder, cfg, fork="alexeyab")
 
 
 def test_validate_list_and_cfg_problems(prepared, cfg, base):
@@ -466,7 +471,7 @@ def test_validate_list_and_cfg_problems(prepared, cfg, base):
     first = (prepared / "train.txt").read_text().split()[0]
     (folder / "train.txt").write_text(f"{first}\n\nrelative/x.png\n")
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, cfg)
+        dinputs.validate_inputs(folder, cfg)
     message = str(info.value)
     assert "train.txt:2: blank line" in message
     assert "train.txt:3: relative/x.png: relative path" in message
@@ -477,7 +482,7 @@ def test_validate_list_and_cfg_problems(prepared, cfg, base):
     (folder / "obj.names").write_text("lesion\nextra\n")
     (folder / "train.txt").write_text(f"{first}\n")
     with pytest.raises(DarknetInputError) as info:
-        runner.validate_inputs(folder, bad, fork="pjreddie")
+        dinputs.validate_inputs(folder, bad, fork="pjreddie")
     message = str(info.value)
     assert "activation=mish" in message and "random=1" in message
     assert "2 class names, but the cfg" in message
@@ -488,7 +493,7 @@ def test_validate_list_and_cfg_problems(prepared, cfg, base):
 @pytest.fixture(scope="module")
 def trained(prepared, cfg, base):
     start = time.monotonic()
-    result = runner.train(prepared, cfg, base / "run", show_progress=False)
+    result = dtrain.train(prepared, cfg, base / "run", show_progress=False)
     seconds = time.monotonic() - start
     print(f"\ndarknet train ({MAX_BATCHES} iterations, 128 px, batch 2): {seconds:.1f} s")
     return result, seconds
@@ -524,36 +529,91 @@ def test_train_end_to_end(trained, prepared, base):
     assert not any(run.glob("*.jpg")) and seconds < 60
 
 
+ARGS_KEYS = {"tool", "version", "command", "backend", "prepared", "cfg", "weights", "darknet",
+             "gpus", "map", "resumed", "options", "net"}
+OPTION_KEYS = {"arch", "width", "height", "channels", "batch", "subdivisions", "max_batches",
+               "burn_in", "learning_rate", "steps", "scales", "policy", "classes"}
+
+
+@needs_darknet
+def test_train_writes_args_json(trained, prepared, base):
+    """args.json: what lesion report reads instead of darknet.log and the cfg (docs/formats.md)."""
+    from deeplesion_cli import __version__
+
+    result, _ = trained
+    args = json.loads((result.run_dir / "args.json").read_text())
+    assert set(args) == ARGS_KEYS
+    assert (args["tool"], args["version"], args["command"], args["backend"]) == \
+        ("lesion", __version__, "train yolo", "darknet")
+    assert args["prepared"] == str(prepared.resolve()) and args["cfg"] == str(result.cfg_path)
+    assert args["weights"] is None and args["gpus"] is None
+    assert args["map"] is False and args["resumed"] is False
+    assert args["darknet"] == {"binary": str(dbinary.find_darknet()), "fork": "pjreddie"}
+    options = args["options"]
+    assert set(options) == OPTION_KEYS
+    assert options["arch"] == "tiny"  # no "# lesion: <arch> for" header: the cfg's file stem
+    assert (options["width"], options["height"], options["channels"]) == (128, 128, 3)
+    assert (options["batch"], options["subdivisions"]) == (2, 1)
+    assert options["max_batches"] == MAX_BATCHES and options["burn_in"] == MAX_BATCHES // 2
+    assert options["steps"] == [int(MAX_BATCHES * .8), int(MAX_BATCHES * .9)]
+    assert options["scales"] == [0.1, 0.1] and options["policy"] == "steps"
+    assert options["learning_rate"] == 0.001 and options["classes"] == 1
+    # net: every [net] key of the cfg, its value as written (darknet drops the spaces)
+    assert args["net"]["max_batches"] == str(MAX_BATCHES) and args["net"]["width"] == "128"
+    assert args["net"]["saturation"] == "1.5" and len(args["net"]) == 17
+
+
+def test_args_json_arch_from_the_lesion_header_and_resume_keeps_weights(tmp_path):
+    from deeplesion_cli.darknet import runargs
+
+    cfg = tmp_path / "yolo.cfg"
+    cfg.write_text("# lesion: yolov4-tiny for 2 class(es) at 416 x 416, written by x\n\n"
+                   "[net]\nwidth=416\nheight=416\nmax_batches=100\n\n[yolo]\nclasses=2\n")
+    options, net = runargs.cfg_options(cfg, classes=2)
+    assert options["arch"] == "yolov4-tiny" and options["classes"] == 2
+    assert (options["width"], options["height"], options["max_batches"]) == (416, 416, 100)
+    assert options["burn_in"] is None and options["steps"] is None and options["policy"] is None
+    assert net == {"width": "416", "height": "416", "max_batches": "100"}
+    common = dict(prepared=tmp_path, cfg_path=cfg, binary="/usr/bin/darknet", fork="alexeyab",
+                  gpus="0", map=True, classes=2)
+    runargs.write_run_args(tmp_path, weights=tmp_path / "x.conv.29", resumed=False, **common)
+    # a resume keeps the weights the run started from (the ones it resumes from are its own)
+    doc = runargs.write_run_args(tmp_path, weights=None, resumed=True, **common)
+    assert doc["weights"] == str(tmp_path / "x.conv.29") and doc["resumed"] is True
+    assert json.loads((tmp_path / "args.json").read_text()) == doc
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
 @needs_darknet
 def test_judge_training_on_the_real_log(trained):
     result, _ = trained
-    outcome = runner.outcome_from_log(result.log_path)
+    outcome = dprocess.outcome_from_log(result.log_path)
     assert [it.iteration for it in outcome.iterations] == list(range(1, MAX_BATCHES + 1))
-    assert runner.judge_training(outcome, MAX_BATCHES, result.final_weights) == []
+    assert dtrain.judge_training(outcome, MAX_BATCHES, result.final_weights) == []
     # the same log judged against a longer schedule: it stopped short
-    reasons = runner.judge_training(outcome, MAX_BATCHES + 4, result.final_weights)
+    reasons = dtrain.judge_training(outcome, MAX_BATCHES + 4, result.final_weights)
     assert reasons == [f"training stopped at iteration {MAX_BATCHES} of max_batches="
                        f"{MAX_BATCHES + 4}"]
     missing = result.final_weights.with_name("other_final.weights")
     assert any("no final weights" in r for r in
-               runner.judge_training(outcome, MAX_BATCHES, missing))
+               dtrain.judge_training(outcome, MAX_BATCHES, missing))
     outcome.returncode = 0
     outcome.iterations.clear()
     assert "darknet printed no training iteration" in \
-        runner.judge_training(outcome, MAX_BATCHES, result.final_weights)
+        dtrain.judge_training(outcome, MAX_BATCHES, result.final_weights)
 
 
 @needs_darknet
 def test_predict_end_to_end(trained, prepared, base):
-    from deeplesion_cli.evaluation.data import load_ground_truth
+    from deeplesion_cli.formats.groundtruth import load_ground_truth
     from deeplesion_cli.formats.detections import read_detections
 
     result, _ = trained
     scratch_root = Path(tempfile.gettempdir())
     before = set(scratch_root.glob("lesion-darknet-predict-*"))
     start = time.monotonic()
-    out = runner.predict(prepared, result.cfg_path, result.final_weights, split="test",
-                         out_json=base / "pred" / "yolo_test.json", show_progress=False)
+    out = dpredict.predict(prepared, result.cfg_path, result.final_weights, split="test",
+                           out_json=base / "pred" / "yolo_test.json", show_progress=False)
     seconds = time.monotonic() - start
     print(f"\ndarknet predict (test split): {seconds:.1f} s")
     assert out == base / "pred" / "yolo_test.json"
@@ -574,14 +634,14 @@ def test_predict_end_to_end(trained, prepared, base):
 @needs_darknet
 def test_predict_on_a_list_shorter_than_four_images(trained, prepared, base):
     """pjreddie's `detector valid` segfaults on fewer than 4 images; the runner pads the list."""
-    from deeplesion_cli.evaluation.data import load_ground_truth
+    from deeplesion_cli.formats.groundtruth import load_ground_truth
     from deeplesion_cli.formats.detections import read_detections
 
     result, _ = trained
     n_val = len((prepared / "valid.txt").read_text().split())
     assert 0 < n_val < 4  # what this test is about (synthetic set of 4 patients)
-    out = runner.predict(prepared, result.cfg_path, result.final_weights, split="val",
-                         out_json=base / "pred" / "yolo_val.json", show_progress=False)
+    out = dpredict.predict(prepared, result.cfg_path, result.final_weights, split="val",
+                           out_json=base / "pred" / "yolo_val.json", show_progress=False)
     gt = load_ground_truth(prepared / "coco" / "val.json")
     dets = read_detections(out, gt, fmt="coco")
     assert "lesion_padding" not in out.read_text()
@@ -596,9 +656,10 @@ def test_train_refuses_missing_image_before_launching(prepared, cfg, base):
     _with_train_list(folder, images[:3] + [ghost])
     run = base / "run-missing"
     with pytest.raises(DarknetInputError) as info:
-        runner.train(folder, cfg, run, show_progress=False)
+        dtrain.train(folder, cfg, run, show_progress=False)
     assert f"train.txt:4: {ghost}: image does not exist" in str(info.value)
     assert not (run / "darknet.log").exists()  # darknet never started
+    assert not (run / "args.json").exists()
 
 
 @needs_darknet
@@ -607,7 +668,7 @@ def test_bad_cfg_is_refused_before_launch_and_real_darknet_failures_are_judged(p
     bad = tiny_cfg(base / "cfgs-bad" / "tiny.cfg", filters=21)
     run = base / "run-bad"
     with pytest.raises(DarknetInputError, match=r"tiny.cfg:\d+: filters=21 before the \[yolo\]"):
-        runner.train(prepared, bad, run, show_progress=False)
+        dtrain.train(prepared, bad, run, show_progress=False)
     assert not (run / "darknet.log").exists()
     # ...and had it reached darknet, pjreddie aborts on an assertion (rc 134) while writing no
     # weights: run the real binary on it directly and judge what it did.
@@ -617,9 +678,9 @@ def test_bad_cfg_is_refused_before_launch_and_real_darknet_failures_are_judged(p
     data.write_text(f"classes = 1\ntrain = {prepared / 'train.txt'}\nvalid = "
                     f"{prepared / 'valid.txt'}\nnames = {prepared / 'obj.names'}\n"
                     f"backup = {scratch}\n")
-    cmd = runner.train_command(runner.find_darknet(), "pjreddie", data, bad)
-    outcome = runner.run_darknet(cmd, scratch, scratch / "darknet.log")
-    reasons = runner.judge_training(outcome, MAX_BATCHES, scratch / "tiny_final.weights")
+    cmd = dtrain.train_command(dbinary.find_darknet(), "pjreddie", data, bad)
+    outcome = dprocess.run_darknet(cmd, scratch, scratch / "darknet.log")
+    reasons = dtrain.judge_training(outcome, MAX_BATCHES, scratch / "tiny_final.weights")
     assert any("SIGABRT (exit status 134" in r for r in reasons)
     assert any("Assertion" in r for r in reasons)
     assert any("no training iteration" in r for r in reasons)
@@ -633,17 +694,18 @@ def test_a_run_that_never_leaves_its_warm_up_fails(prepared, base):
     cfg = tiny_cfg(base / "cfgs-burn" / "tiny.cfg", max_batches=4, burn_in=1000)
     run = base / "run-burn"
     with pytest.raises(DarknetRunError) as caught:
-        runner.train(prepared, cfg, run, show_progress=False)
+        dtrain.train(prepared, cfg, run, show_progress=False)
     message = str(caught.value)
     assert "the learning rate was 0 at every iteration (1-4)" in message
     assert "burn_in=1000" in message and "--burn-in" in message
     assert (run / "backup" / "tiny_final.weights").is_file()  # darknet itself saw no problem
+    assert json.loads((run / "args.json").read_text())["options"]["burn_in"] == 1000
     rows = runlog.read_metrics(run / "metrics.csv")
     assert [r["lr"] for r in rows] == [0.0] * 4
 
 
 def test_judge_training_zero_rate_rule_reads_every_iteration(tmp_path):
-    from deeplesion_cli.darknet.runner import RunOutcome
+    from deeplesion_cli.darknet.process import RunOutcome
 
     def outcome(rates):
         out = RunOutcome(returncode=0, log_path=tmp_path / "darknet.log")
@@ -653,8 +715,8 @@ def test_judge_training_zero_rate_rule_reads_every_iteration(tmp_path):
 
     final = tmp_path / "x_final.weights"
     final.write_bytes(b"w")
-    assert runner.judge_training(outcome([0, 0, 0.000001]), 3, final, burn_in=3) == []
-    reasons = runner.judge_training(outcome([0, 0, 0]), 3, final, burn_in=0)
+    assert dtrain.judge_training(outcome([0, 0, 0.000001]), 3, final, burn_in=3) == []
+    reasons = dtrain.judge_training(outcome([0, 0, 0]), 3, final, burn_in=0)
     assert reasons == ["the learning rate was 0 at every iteration (1-3), so nothing was "
                        "learnt: learning_rate is 0 or the policy brought it to 0"]
 
@@ -662,17 +724,17 @@ def test_judge_training_zero_rate_rule_reads_every_iteration(tmp_path):
 @needs_darknet
 def test_map_needs_alexeyab_and_resume_rules(trained, prepared, cfg, base):
     with pytest.raises(DarknetError, match="needs AlexeyAB or hank-ai"):
-        runner.train(prepared, cfg, base / "run-map", map=True, show_progress=False)
+        dtrain.train(prepared, cfg, base / "run-map", map=True, show_progress=False)
     result, _ = trained
     # a fresh run into a folder that holds weights is refused; resuming a finished run too
     with pytest.raises(DarknetError, match="already holds trained weights"):
-        runner.train(prepared, cfg, result.run_dir, show_progress=False)
+        dtrain.train(prepared, cfg, result.run_dir, show_progress=False)
     with pytest.raises(DarknetError, match="already reached max_batches"):
-        runner.train(prepared, cfg, result.run_dir, resume=True, show_progress=False)
+        dtrain.train(prepared, cfg, result.run_dir, resume=True, show_progress=False)
     # darknet's own count in the weights header: 6 iterations x 2 images
-    assert runner.weights_images_seen(result.final_weights) == 2 * MAX_BATCHES
+    assert dtrain.weights_images_seen(result.final_weights) == 2 * MAX_BATCHES
     with pytest.raises(DarknetError, match="nothing to resume from"):
-        runner.train(prepared, cfg, base / "run-empty", resume=True, show_progress=False)
+        dtrain.train(prepared, cfg, base / "run-empty", resume=True, show_progress=False)
 
 
 @needs_darknet
@@ -681,17 +743,20 @@ def test_resume_with_more_iterations(trained, prepared, base):
     run = base / "run-resumed"
     shutil.copytree(result.run_dir, run)
     longer = tiny_cfg(base / "cfgs-longer" / "tiny.cfg", max_batches=MAX_BATCHES + 2)
-    resumed = runner.train(prepared, longer, run, resume=True, show_progress=False)
+    resumed = dtrain.train(prepared, longer, run, resume=True, show_progress=False)
     assert resumed.first_iteration == MAX_BATCHES + 1
     assert resumed.iterations == MAX_BATCHES + 2
     assert resumed.command[-1] == str(run / "backup" / "tiny_final.weights")
     rows = runlog.read_metrics(run / "metrics.csv")
     assert [r["step"] for r in rows] == list(range(1, MAX_BATCHES + 3))
     assert (run / "darknet.log").read_text().count("$ ") == 2  # both runs logged
+    args = json.loads((run / "args.json").read_text())  # rewritten by the resume
+    assert args["resumed"] is True and args["cfg"] == str(run / "tiny.cfg")
+    assert args["options"]["max_batches"] == MAX_BATCHES + 2 and args["weights"] is None
 
 
 def test_result_json_check_matches_frames_by_filename(tmp_path):
-    """AlexeyAB / hank-ai `detector test -out` output (darknet.md 8.1): every listed image must
+    """AlexeyAB / hank-ai `detector test -out` output (docs/darknet.md 8.1): every listed image must
     have a frame, matched by file name (frame ids shift when a path is split)."""
     listing = tmp_path / "test.txt"
     listing.write_text("/p/test/a.png\n/p/test/b.png\n")
@@ -701,9 +766,9 @@ def test_result_json_check_matches_frames_by_filename(tmp_path):
              '"width":0.1, "height":0.1}, "confidence":0.9} \n ] \n}')
     result.write_text("[\n" + frame % (1, "/p/test/b.png") + ", \n"
                       + frame % (2, "/p/test/a.png") + "\n]")
-    assert runner._check_result_json(result, listing) == []
+    assert dpredict._check_result_json(result, listing) == []
     result.write_text("[\n" + frame % (1, "/p/test/a.png") + "\n]")
-    assert runner._check_result_json(result, listing) == [
+    assert dpredict._check_result_json(result, listing) == [
         "1 of 2 listed images are missing from result.json (first: /p/test/b.png)"]
     result.write_text("[\n" + frame % (1, "/p/test/a.png"))  # a crash leaves no closing ]
-    assert "not valid JSON" in runner._check_result_json(result, listing)[0]
+    assert "not valid JSON" in dpredict._check_result_json(result, listing)[0]

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from deeplesion_cli.evaluation.data import Detections, EvalInputError, ground_truth_from_dict
 from deeplesion_cli.formats import detections as D
+from deeplesion_cli.formats.groundtruth import Detections, EvalInputError, ground_truth_from_dict
 
 # Ground-truth image ids are deliberately listed out of order: the reader must give the index into
 # the sorted ids (1 -> 0, 2 -> 1, 3 -> 2), not the position in the file.
@@ -130,7 +130,7 @@ def test_many_coco_detections_round_trip(gt, tmp_path):
 # ----------------------------------------------------------------------------------- darknet json
 
 # The exact layout AlexeyAB's `detector test -ext_output -out result.json < list.txt` writes
-# (darknet.md 8.1), trailing spaces and the empty-objects frame included.
+# (docs/darknet.md 8.1), trailing spaces and the empty-objects frame included.
 DARKNET_JSON = """[
 {
  "frame_id":1, 
@@ -204,7 +204,7 @@ def valid_dir(tmp_path, files: dict[str, str]):
 
 
 def test_darknet_valid_one_based_corners(gt, tmp_path):
-    # darknet's "%s %f %f %f %f %f\n" (darknet.md 7)
+    # darknet's "%s %f %f %f %f %f\n" (docs/darknet.md 7)
     folder = valid_dir(tmp_path, {
         "liver": "000001_01_01_109 0.900000 11.000000 21.000000 31.000000 41.000000\n"
                  "000016_01_01_030 0.001000 1.000000 1.000000 768.000000 512.000000\n",
@@ -423,7 +423,7 @@ def test_darknet_unknown_image(gt, tmp_path):
 
 
 def test_darknet_split_long_path_is_explained(gt, tmp_path):
-    # darknet.md 15: fgets(…, 256) cuts a long list line into a 255-byte first "image"
+    # docs/darknet.md 15: fgets(…, 256) cuts a long list line into a 255-byte first "image"
     long = "/" + "d" * 254
     path = darknet_json(tmp_path, filename=long, objects="[ \n ]")
     with pytest.raises(EvalInputError, match=r"\[1\]: filename .* matches no image.*255 bytes"):
@@ -451,7 +451,7 @@ def test_darknet_frame_shape_errors(gt, tmp_path):
 
 
 def test_darknet_unescaped_quote_is_explained(gt, tmp_path):
-    # darknet.md 15: an image named we"ird.png makes darknet's JSON unparsable
+    # docs/darknet.md 15: an image named we"ird.png makes darknet's JSON unparsable
     path = darknet_json(tmp_path, filename='/p/we"ird.png')
     for fmt in (None, "darknet-json"):
         with pytest.raises(EvalInputError) as err:

@@ -16,9 +16,9 @@ from pycocotools.cocoeval import COCOeval
 
 from deeplesion_cli.cli import main
 from deeplesion_cli.evaluation import coco as coco_metrics
-from deeplesion_cli.evaluation.data import load_ground_truth
 from deeplesion_cli.evaluation.evaluate import EvalOptions, evaluate_runs, resample
 from deeplesion_cli.formats.detections import read_detections
+from deeplesion_cli.formats.groundtruth import load_ground_truth
 from deeplesion_cli.prepare import PrepareOptions, prepare
 
 

@@ -154,9 +154,12 @@ def test_resume_refuses_changed_options_and_reruns_are_refused(prepared, tmp_pat
 
 
 def test_metrics_csv_and_run_folder(prepared, tmp_path):
+    from deeplesion_cli import steps
+
     run = tmp_path / "run"
-    result = engine.train(prepared, run, engine.TrainOptions(**FAST, epochs=2, select="map"),
-                          show_progress=False)
+    # the step behind `lesion train frcnn`: engine.train, drawing curves.png after each epoch
+    result = steps.train_frcnn(prepared, run, engine.TrainOptions(**FAST, epochs=2, select="map"),
+                               show_progress=False)
     for name in ("args.json", "metrics.csv", "train.log", "last.pt", "curves.png"):
         assert (run / name).is_file(), name
     rows = runlog.read_metrics(run / "metrics.csv")
@@ -182,6 +185,28 @@ def test_metrics_csv_and_run_folder(prepared, tmp_path):
         assert ckpt.load(run / "best.pt")["epoch"] == best_epoch
 
 
+def test_on_epoch_sees_each_epoch_after_it_is_saved(prepared, tmp_path):
+    run = tmp_path / "ev"
+    seen = []
+
+    def on_epoch(event):
+        seen.append((event.stats.epoch, [s.epoch for s in event.history],
+                     len(runlog.read_metrics(event.metrics_path)),
+                     ckpt.load(event.run_dir / "last.pt")["epoch"], event.run_dir))
+        if event.stats.epoch == 1:
+            raise RuntimeError("boom")
+
+    result = engine.train(prepared, run,
+                          engine.TrainOptions(**dict(FAST, eval_train_images=0), epochs=2),
+                          show_progress=False, on_epoch=on_epoch)
+    # called after the epoch's metrics row and last.pt, with the history so far
+    assert seen == [(1, [1], 1, 1, run), (2, [1, 2], 2, 2, run)]
+    # a failing callback is logged and training goes on; training itself draws nothing
+    assert result.epochs_done == 2
+    assert "on_epoch after epoch 1 failed: boom" in (run / "train.log").read_text()
+    assert not (run / "curves.png").exists()
+
+
 def test_balanced_epoch_length_follows_the_largest_class(prepared_typed, tmp_path):
     ds = PreparedSplit(prepared_typed, "train")
     classes = ds.image_classes()
@@ -194,6 +219,15 @@ def test_balanced_epoch_length_follows_the_largest_class(prepared_typed, tmp_pat
                  show_progress=False)
     rows = runlog.read_metrics(tmp_path / "b" / "metrics.csv")
     assert rows[0]["images"] == expected
+
+
+def test_train_without_manifest_is_an_input_error_naming_the_file(tmp_path):
+    folder = tmp_path / "not_prepared"
+    folder.mkdir()
+    result = CliRunner().invoke(main, ["train", "frcnn", str(folder), "--out",
+                                       str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert str(folder / "manifest.json") in result.output and "not found" in result.output
 
 
 def test_non_finite_loss_stops_with_a_clear_message(prepared, tmp_path):

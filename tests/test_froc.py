@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import interpolate
 
-from deeplesion_cli.evaluation.data import Detections
 from deeplesion_cli.evaluation.froc import froc
 from deeplesion_cli.evaluation.iou import iou_xywh
+from deeplesion_cli.formats.groundtruth import Detections
 from tests.conftest import make_dets, make_gt
 
 FAR = [300, 300, 9, 9]

@@ -109,12 +109,9 @@ def _parse(line: str):
 
 def _cli_train_options(params: dict) -> engine.TrainOptions:
     """What `lesion train frcnn` builds from its parameters (as cli.train_frcnn does)."""
-    kwargs = {k: v for k, v in params.items()
-              if k not in ("prepared", "run_dir", "resume", "stop_after")}
-    anchors = kwargs.pop("anchors_json")
-    kwargs["anchors"] = str(anchors.resolve()) if anchors else None
-    kwargs["weights"] = str(kwargs["weights"].resolve()) if kwargs["weights"] else None
-    return engine.TrainOptions(**kwargs)
+    from deeplesion_cli.spec.frcnn import TRAIN_FRCNN
+
+    return engine.TrainOptions(**TRAIN_FRCNN.from_cli(params))
 
 
 def test_print_lists_exactly_the_remaining_steps(first_run, prepared):
@@ -336,24 +333,88 @@ def test_shipped_seed_table_validates():
 
 
 def test_option_tables_match_the_cli_flags():
+    """The TOML keys are the spec's options: a frcnn experiment takes exactly the options of
+    `lesion train frcnn` that have a flag (each listed by its --help), a yolo experiment those of
+    cfg / train yolo / predict yolo, [eval] and [report] those of eval and report."""
     import dataclasses
 
-    from deeplesion_cli.cli import cfg_, predict_yolo, report, train_frcnn, train_yolo
+    from deeplesion_cli.cli import (cfg_, eval_, main, predict_yolo, report, train_frcnn,
+                                    train_yolo)
+    from deeplesion_cli.spec import darknet as darknet_spec
+    from deeplesion_cli.spec import evaluation as eval_spec
+    from deeplesion_cli.spec import frcnn as frcnn_spec
 
     def flags(command):
         return {o for p in command.params for o in p.opts if o.startswith("--")}
 
-    assert {f for _, f in mx.FRCNN_OPTIONS.values()} <= flags(train_frcnn)
+    keys = mx.frcnn_keys()
+    assert keys.names() == [o.name for o in frcnn_spec.TRAIN_FRCNN if o.cli]
+    help_text = CliRunner().invoke(main, ["train", "frcnn", "--help"], terminal_width=200).output
+    for option in keys:
+        assert option.cli_flag in flags(train_frcnn), option.name
+        assert f"{option.cli_flag} " in help_text, option.name
     fields = {f.name for f in dataclasses.fields(engine.TrainOptions)}
-    assert set(mx.FRCNN_OPTIONS) <= fields
-    # every TrainOptions field the CLI can set is accepted
-    names = {"anchors_json": "anchors"}
-    settable = {names.get(p.name, p.name) for p in train_frcnn.params} & fields
-    assert settable == set(mx.FRCNN_OPTIONS)
-    commands = {"cfg": cfg_, "train": train_yolo, "predict": predict_yolo}
-    for key, (_, command, flag) in mx.YOLO_OPTIONS.items():
-        assert flag in flags(commands[command]), key
+    assert set(keys.names()) <= fields
+    # every TrainOptions field the CLI can set is accepted, and no other
+    assert {p.name for p in train_frcnn.params} & fields == set(keys.names())
+    for hidden in (o.name for o in frcnn_spec.TRAIN_FRCNN if not o.cli):
+        assert hidden not in keys and hidden in fields
+
+    assert mx.yolo_keys().names() == list(darknet_spec.YOLO_EXPERIMENT)
+    commands = {"cfg": cfg_, "train yolo": train_yolo, "predict yolo": predict_yolo}
+    for key, spec in darknet_spec.YOLO_EXPERIMENT.items():
+        assert spec[key].cli_flag in flags(commands[spec.command]), key
+    assert {o.cli_flag for o in mx.eval_keys()} <= flags(eval_)
+    assert {o.cli_flag for o in mx.report_keys()} <= flags(report)
+    assert mx.eval_keys() is eval_spec.EVAL and mx.report_keys() is eval_spec.REPORT
     assert {"--eval", "--prepared", "--out", "--pdf", "--image", "--n-overlay"} <= flags(report)
+
+
+def test_a_new_train_frcnn_option_is_one_declaration(monkeypatch, tmp_path):
+    """An option added to `lesion train frcnn`'s spec, and nothing else, is a matrix key: its
+    value is checked against its declared bounds, printed as its flag and compared."""
+    import dataclasses
+
+    from deeplesion_cli.frcnn import options as frcnn_options
+    from deeplesion_cli.spec import frcnn as frcnn_spec
+    from deeplesion_cli.spec.core import Option, Spec
+
+    knob = Option("fpn_channels", "int", 256, low=16, high=1024,
+                  help="Channels of the FPN's outputs.")
+    spec = Spec("train frcnn", [*frcnn_spec.TRAIN_FRCNN, knob])
+    monkeypatch.setattr(frcnn_spec, "TRAIN_FRCNN", spec)
+    monkeypatch.setattr(frcnn_options, "TRAIN_FRCNN", spec)
+    # TrainOptions is made from the spec when its module is imported: the class it would make
+    with_knob = dataclasses.make_dataclass(
+        "TrainOptions", [(knob.name, "int | None", dataclasses.field(default=knob.default))],
+        bases=(frcnn_options.TrainOptions,))
+    monkeypatch.setattr(frcnn_options, "TrainOptions", with_knob)
+
+    toml = tmp_path / "knob.toml"
+    toml.write_text('prepared = "p"\n[defaults.frcnn]\nfpn_channels = 128\n'
+                    '[[experiment]]\nname = "a"\nbackend = "frcnn"\n'
+                    '[[experiment]]\nname = "b"\nbackend = "frcnn"\nfpn_channels = 512\n')
+    matrix = mx.load_matrix(toml)
+    a, b = matrix.experiment("a"), matrix.experiment("b")
+    assert (a.options.fpn_channels, b.options.fpn_channels) == (128, 512)
+    assert "fpn_channels" in mx.frcnn_keys()
+    line = mx.frcnn_train_line(matrix, b, tmp_path)
+    assert line.endswith(" --fpn-channels 512"), line  # declared last, printed last
+    assert "--fpn-channels" not in mx.frcnn_train_line(matrix, b, tmp_path, resume=True)
+    rows = mx.comparison_rows(matrix, {}, None)
+    assert [r["options"] for r in rows] == ["arch=resnet50_fpn fpn_channels=128",
+                                            "arch=resnet50_fpn fpn_channels=512"]
+
+    for value, message in (("8", "expected 16..1024, got 8"), ("2048", "expected 16..1024"),
+                           ("'wide'", "expected an integer"), ("1.5", "expected an integer")):
+        toml.write_text(BASE + f"fpn_channels = {value}\n")
+        with pytest.raises(mx.MatrixError) as info:
+            mx.load_matrix(toml)
+        assert (info.value.experiment, info.value.key) == ("'a' (#1)", "fpn_channels")
+        assert message in str(info.value), str(info.value)
+    toml.write_text(BASE + "fpn_channel = 64\n")
+    with pytest.raises(mx.MatrixError, match="did you mean 'fpn_channels'"):
+        mx.load_matrix(toml)
 
 
 def test_comparison_table_columns(tmp_path):

@@ -17,11 +17,12 @@ from PIL import Image
 
 from deeplesion_cli import runlog
 from deeplesion_cli.cli import main
-from deeplesion_cli.evaluation.data import load_ground_truth
 from deeplesion_cli.formats.detections import write_coco_results
+from deeplesion_cli.formats.groundtruth import load_ground_truth
 from deeplesion_cli.report import overlays, plots, tables
-from deeplesion_cli.report.build import (FRCNN_DEFAULT_LR, ReportInputError, ReportResult,
-                                         build_report, run_summary, load_run)
+from deeplesion_cli.report.build import ReportResult, build_report
+from deeplesion_cli.report.inputs import ReportInputError, load_run
+from deeplesion_cli.report.summaries import FRCNN_DEFAULT_LR, run_summary
 from tests.conftest import make_dets, make_gt
 
 FP_BOX = [2.0, 70.0, 14.0, 12.0]   # a false positive of run "a" on every image (bottom left)
@@ -67,12 +68,27 @@ def _frcnn_run(folder: Path, epochs: int = 5) -> list[dict]:
     return rows
 
 
-def _yolo_run(folder: Path, iterations: int = 120) -> list[dict]:
+def _yolo_run(folder: Path, iterations: int = 120, args: bool = True) -> list[dict]:
+    """A `lesion train yolo` run folder; ``args=False``: one of an older lesion, without
+    args.json."""
     folder.mkdir(parents=True)
     (folder / "yolo.cfg").write_text(
         "# lesion: yolov4-tiny for 1 class(es) at 416 x 416, written by x\n\n"
         "[net]\nbatch=64\nsubdivisions=16\nwidth=416\nheight=416\nlearning_rate=0.00261\n"
         "max_batches=6000\n\n[convolutional]\nfilters=16\nsize=3\nstride=1\n")
+    net = {"batch": "64", "subdivisions": "16", "width": "416", "height": "416",
+           "learning_rate": "0.00261", "max_batches": "6000"}
+    if args:
+        (folder / "args.json").write_text(json.dumps({
+            "tool": "lesion", "version": "0", "command": "train yolo", "backend": "darknet",
+            "prepared": "/x/prepared", "cfg": str(folder / "yolo.cfg"), "weights": None,
+            "darknet": {"binary": "/usr/bin/darknet", "fork": "alexeyab"}, "gpus": "0",
+            "map": True, "resumed": False,
+            "options": {"arch": "yolov4-tiny", "width": 416, "height": 416, "channels": 3,
+                        "batch": 64, "subdivisions": 16, "max_batches": 6000, "burn_in": 1000,
+                        "learning_rate": 0.00261, "steps": [4800, 5400], "scales": [0.1, 0.1],
+                        "policy": "steps", "classes": 1},
+            "net": net}))
     (folder / "darknet.log").write_text(
         f"$ /usr/bin/darknet detector train {folder}/obj.data {folder}/yolo.cfg -dont_show "
         "-map\n 1: 900.1, 900.1 avg loss, 0.000000 rate, 1.2 seconds, 64 images\n")
@@ -425,7 +441,7 @@ def test_bad_inputs(tmp_path, train_runs, eval_dirs):
         build_report(prepared=empty, out_dir=tmp_path / "r")
     odd = tmp_path / "odd_run"
     shutil.copytree(train_runs[0], odd)
-    (odd / "args.json").write_text(json.dumps({"command": "train yolo"}))
+    (odd / "args.json").write_text(json.dumps({"command": "predict frcnn"}))
     with pytest.raises(ReportInputError, match="args.json: not written by lesion train frcnn"):
         build_report([odd], out_dir=tmp_path / "r")
     (odd / "args.json").unlink()
@@ -490,6 +506,23 @@ def test_run_summary_of_empty_log(tmp_path):
     assert s["trained"] is None and s["best_val_mAP50"] is None
     result = build_report([run], out_dir=tmp_path / "r")
     assert any("no rows" in w for w in result.warnings)
+
+
+def test_darknet_run_without_args_json(tmp_path):
+    """A darknet run folder of an older lesion (darknet.log, no args.json) is still reported:
+    curves and numbers from metrics.csv, architecture and cfg options unknown, and a note."""
+    run = tmp_path / "yolo_old"
+    rows = _yolo_run(run, iterations=40, args=False)
+    info = load_run(run, "yolo_old")
+    assert info.backend == "darknet" and info.arch == "?" and info.net == {}
+    assert not info.with_map and info.notes
+    s = run_summary(info)
+    assert s["arch"] == "?" and s["options"] == "" and s["planned"] is None
+    assert s["trained"] == 40 and s["final_loss"] == rows[-1]["avg_loss"]
+    result = build_report([run], out_dir=tmp_path / "r")
+    assert any("yolo_old: no args.json" in w for w in result.warnings)
+    assert "runs/yolo_old_curves.png" in {f.relative_to(result.out_dir).as_posix()
+                                          for f in result.files}
 
 
 def test_confusion_row_normalised():

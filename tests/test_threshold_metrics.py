@@ -10,11 +10,11 @@ import pytest
 
 from deeplesion_cli.evaluation.boxstats import box_size_agreement
 from deeplesion_cli.evaluation.confusion import confusion_matrix
-from deeplesion_cli.evaluation.data import Detections
 from deeplesion_cli.evaluation.froc import froc
 from deeplesion_cli.evaluation.seed import seed_protocol
 from deeplesion_cli.evaluation.threshold import at_threshold, best_f1
 from deeplesion_cli.evaluation.voc import voc_ap
+from deeplesion_cli.formats.groundtruth import Detections
 from tests.conftest import make_dets, make_gt
 
 SQ = [0, 0, 10, 10]

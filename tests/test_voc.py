@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deeplesion_cli.evaluation.data import Detections, ground_truth_from_dict
 from deeplesion_cli.evaluation.iou import iou_xywh
 from deeplesion_cli.evaluation.iou import paired_iou_xywh as paired_iou
 from deeplesion_cli.evaluation.matching import greedy_match
 from deeplesion_cli.evaluation.voc import ap_11_point, ap_all_point, voc_ap
+from deeplesion_cli.formats.groundtruth import Detections, ground_truth_from_dict
 from tests.conftest import make_dets, make_gt
 
 

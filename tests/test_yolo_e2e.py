@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from deeplesion_cli import runlog
 from deeplesion_cli.cli import main
 from deeplesion_cli.darknet.cfg import check_cfg, errors, parse_cfg
-from deeplesion_cli.evaluation.data import load_ground_truth
+from deeplesion_cli.formats.groundtruth import load_ground_truth
 from deeplesion_cli.formats.detections import read_detections
 
 ITERATIONS = 6

@@ -1,6 +1,6 @@
 """Write a training cfg for yolov4, yolov4-tiny, yolov3 or yolov3-tiny from the templates in
 ``darknet_cfg/`` (complete 1-class cfgs this project writes; see darknet_cfg/README.md), following
-AlexeyAB's README rules for custom detectors (darknet.md 2):
+AlexeyAB's README rules for custom detectors (docs/darknet.md 2):
 
 * ``classes=`` in every ``[yolo]`` and ``filters=(classes + 5) x len(mask)`` in the convolution
   before it;
@@ -24,6 +24,9 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from deeplesion_cli.errors import LesionInputError
+from deeplesion_cli.spec.darknet import ARCHS as ARCH_NAMES
 
 from .cfg import Cfg, Problem, Section, check_cfg, errors, layer_shapes, parse_cfg
 
@@ -49,6 +52,8 @@ ARCHS: dict[str, Arch] = {
     "yolov3": Arch("yolov3", 107, (82, 94, 106), (32, 16, 8), True),
     "yolov3-tiny": Arch("yolov3-tiny", 24, (16, 23), (32, 16), True),
 }
+# the names `lesion cfg --arch` offers are declared with its options; a template for each
+assert tuple(ARCHS) == ARCH_NAMES, "deeplesion_cli.spec.darknet.ARCHS and the templates differ"
 
 #: README thresholds (px at the network input) for re-splitting custom anchors, finest head
 #: first: anchors smaller than 30x30 go to the stride-8 head, smaller than 60x60 to the stride-16
@@ -60,7 +65,7 @@ SPLIT_THRESHOLDS = {3: (30.0, 60.0), 2: (60.0,)}
 YOLOV4_BACKBONE_END = 104
 
 
-class CfgError(ValueError):
+class CfgError(LesionInputError):
     """A generated cfg failed :func:`check_cfg`; ``problems`` lists every error."""
 
     def __init__(self, message: str, problems: list[Problem]):
@@ -283,7 +288,7 @@ def _conv_before(cfg: Cfg, index: int) -> Section:
 
 
 def _small_objects(cfg: Cfg) -> None:
-    """AlexeyAB README (darknet.md 2), for yolov4: the second [upsample] gets stride=4, the
+    """AlexeyAB README (docs/darknet.md 2), for yolov4: the second [upsample] gets stride=4, the
     [route] after it layers=23 instead of 54, and the down-sampling 3x3 [convolutional] after the
     first [yolo] (and its ``[route] layers=-4``) gets stride=4."""
     layers = cfg.layers

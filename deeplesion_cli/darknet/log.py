@@ -11,7 +11,7 @@ Two layers:
   a :class:`Problem` (error, missing file, out of memory, bad data), a :class:`SavedWeights`, or
   ``None`` for everything else.
 
-Formats (darknet.md 5, 6, 10; verbatim examples in tests/test_darknet_runner.py):
+Formats (docs/darknet.md 5, 6, 10; verbatim examples in tests/test_darknet_runner.py):
 
 * AlexeyAB (``detector.c:325``): ``" %d: %f, %f avg loss, %f rate, %lf seconds, %d images,
   %f hours left"``
@@ -57,7 +57,7 @@ class Iteration:
 
     @property
     def diverged(self) -> bool:
-        """True when the average loss is NaN or infinite (the run went wrong, darknet.md 10)."""
+        """True when the average loss is NaN or infinite (the run failed, docs/darknet.md 10)."""
         return not math.isfinite(self.avg_loss)
 
 
@@ -210,7 +210,7 @@ _ERROR = re.compile(
     r"Not an option|There isn't such command|Type not recognized|must output image|"
     r"Config file has no sections|First section must be|terminate called|"
     r"Segmentation fault|core dumped|signal handler invoked", re.I)
-# AlexeyAB's font glyphs for `detector test` images (darknet.md 8.1): harmless when absent
+# AlexeyAB's font glyphs for `detector test` images (docs/darknet.md 8.1): harmless when absent
 _HARMLESS_IMAGE = re.compile(r"^data/labels/\d+_\d+\.png$")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import LesionInputError
+
 HU_OFFSET = 32768
 #: The 3DCE/MULAN training window (a 4096-HU span) and ``lesion prepare``'s default.
 DEFAULT_WINDOW_HU = (-1024.0, 3071.0)
@@ -19,8 +21,9 @@ DEFAULT_WINDOW_HU = (-1024.0, 3071.0)
 PNG_COMPRESS_LEVEL = 1
 
 
-class ImageError(ValueError):
-    """A slice PNG is missing, unreadable, or not a 16-bit single-channel image."""
+class ImageError(LesionInputError):
+    """A slice PNG is missing, unreadable, or not a 16-bit single-channel image (a ValueError;
+    exit 2)."""
 
 
 def hu_to_png_u16(hu: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 Coordinates are kept exactly as the CSV states them: **1-based pixels** in the image's native
 size (the official 3DCE/MULAN loaders subtract 1; :meth:`LesionRow.box_xyxy_px0` does the same).
 The format facts (minimal quoting, ``", "`` inside quoted fields, ``%g`` numbers, ``NaN`` ages)
-are in ``shared/reference/deeplesion.md`` section 1 and in ``docs/formats.md``.
+are in ``docs/deeplesion.md`` section 1 and in ``docs/formats.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import math
 import numbers
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+from ..errors import LesionInputError
+
+#: A DeepLesion folder holds ``DL_info.csv`` and ``Images_png/PPPPPP_SS_EE/KKK.png`` (the release's
+#: layout; ``lesion synth`` writes it, ``lesion prepare`` reads it).
+CSV_NAME = "DL_info.csv"
+IMAGES_DIR = "Images_png"
 
 HEADER = (
     "File_name",
@@ -143,8 +150,9 @@ class RowError:
         return f"{where}, column {self.column}, value {self.value!r}: {self.reason}"
 
 
-class SchemaError(ValueError):
-    """The file as a whole cannot be read as DL_info.csv (missing, empty, wrong header)."""
+class SchemaError(LesionInputError):
+    """The file as a whole cannot be read as DL_info.csv (missing, empty, wrong header); a
+    ValueError (exit 2)."""
 
 
 # --------------------------------------------------------------------------------------- writing

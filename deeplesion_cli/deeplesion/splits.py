@@ -8,7 +8,7 @@ import numpy as np
 
 from deeplesion_cli.deeplesion.schema import LesionRow
 
-SPLITS = ("train", "val", "test")
+from deeplesion_cli.prepared import SPLITS  # noqa: E402  (the folder layout owns the names)
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 
 def _summary(values: np.ndarray) -> dict:

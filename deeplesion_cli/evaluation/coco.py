@@ -32,8 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from deeplesion_cli.evaluation.arrays import concat_ranges
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.iou import paired_iou_xywh
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -60,7 +60,6 @@ def evaluate(gt: GroundTruth, dets: Detections, iou_thresholds=IOU_THRESHOLDS,
     ``gt`` and ``dets`` boxes are xywh pixels; detection categories must be gt categories.
     """
     cat_ids = sorted(gt.category_ids)
-    k_of = {c: i for i, c in enumerate(cat_ids)}
     n_cat, n_area = len(cat_ids), len(AREA_RANGES)
     iou_thresholds = np.asarray(iou_thresholds, dtype=np.float64)
     n_thr = len(iou_thresholds)

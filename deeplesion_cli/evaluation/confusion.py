@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 
 def confusion_matrix(gt: GroundTruth, dets: Detections, score: float = 0.25,

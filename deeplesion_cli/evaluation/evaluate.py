@@ -8,7 +8,7 @@ the paired difference.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
@@ -16,8 +16,9 @@ from deeplesion_cli import __version__
 from deeplesion_cli.deeplesion.schema import LESION_TYPES
 from deeplesion_cli.evaluation import boxstats, coco, confusion, froc, seed, threshold, voc
 from deeplesion_cli.evaluation.arrays import concat_ranges
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 from deeplesion_cli.progress import Progress
+from deeplesion_cli.spec.evaluation import EVAL
 
 #: Long-diameter bins in mm of the DeepLesion papers' size analysis (upper ends exclusive).
 SIZE_BINS_MM = (("<10mm", 0.0, 10.0), ("10-30mm", 10.0, 30.0), (">30mm", 30.0, np.inf))
@@ -32,16 +33,27 @@ BOOTSTRAP_METRICS = {
 }
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    iou: float = 0.5              # VOC, seed protocol, threshold metrics, confusion, box sizes
-    score: float = 0.25           # score threshold of the at-threshold metrics
-    froc_strict: bool = False     # also compute the strict FROC variant
-    bootstrap: int = 0            # patient-level resamples (0: none)
-    seed: int = 0                 # bootstrap seed
+_ANNOTATIONS = {"float": "float", "int": "int", "bool": "bool"}
 
-    def to_json(self) -> dict:
-        return asdict(self)
+
+def _to_json(self) -> dict:
+    return asdict(self)
+
+
+#: The options of ``lesion eval`` (frozen): fields, types and defaults are those declared once in
+#: :data:`deeplesion_cli.spec.evaluation.EVAL` (``iou``: VOC, seed protocol, at-score metrics,
+#: confusion and box sizes; ``score``: the at-score threshold; ``froc_strict``; ``bootstrap``:
+#: patient-level resamples, 0 for none; ``seed``: the bootstrap's).
+EvalOptions = dataclasses.make_dataclass(
+    "EvalOptions",
+    [(o.name, _ANNOTATIONS[o.kind], dataclasses.field(default=o.default)) for o in EVAL],
+    frozen=True,
+    namespace={"to_json": _to_json,
+               "__doc__": "The options of ``lesion eval`` (fields: the options of "
+                          ":data:`deeplesion_cli.spec.evaluation.EVAL`, same names and "
+                          "defaults)."},
+)
+EvalOptions.__module__ = __name__  # pickling and repr find it here
 
 
 def _core(gt: GroundTruth, dets: Detections, options: EvalOptions) -> dict:

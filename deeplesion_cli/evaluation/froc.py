@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import (candidate_pairs, greedy_match, score_order,
                                                 score_rank)
 from deeplesion_cli.evaluation.voc import subsample
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 DEFAULT_FPS = (0.5, 1, 2, 4, 8, 16)
 SUMMARY_FPS = (0.5, 1, 2, 4)

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.iou import paired_iou_xywh
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 
 def score_order(dets: Detections) -> np.ndarray:

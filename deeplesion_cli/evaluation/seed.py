@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match, score_order
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 THRESHOLDS = np.arange(11) / 10.0
 

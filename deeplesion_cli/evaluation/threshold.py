@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match, score_order
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 
 def _stats(gt: GroundTruth, dets: Detections, det_gt: np.ndarray, det_iou: np.ndarray,

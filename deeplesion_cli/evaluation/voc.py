@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match, score_order
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 MAX_CURVE_POINTS = 200
 RECALL_TARGETS_11 = np.arange(11) / 10.0

@@ -2,8 +2,8 @@
 Ultralytics' data.yaml.
 
 Label lines are ``<class> <cx> <cy> <w> <h>``: a 0-based class index and the box centre and size
-relative to the image width and height (darknet.md 3.2). An image without lesions gets an empty
-label file (a negative image).
+relative to the image width and height (docs/darknet.md 3.2). An image without lesions gets an
+empty label file (a negative image).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 #: Substrings that pjreddie's darknet rewrites to find label files (``find_replace`` on the whole
-#: path, darknet.md 3.2): an image path containing one of them gets the wrong label path.
+#: path, docs/darknet.md 3.2): an image path containing one of them gets the wrong label path.
 DARKNET_REWRITTEN_WORDS = ("images", "JPEGImages", "raw")
-#: darknet reads list lines with a 256-byte buffer in ``detector test`` (darknet.md 15).
+#: darknet reads list lines with a 256-byte buffer in ``detector test`` (docs/darknet.md 15).
 DARKNET_MAX_PATH_BYTES = 255
 
 
@@ -55,7 +55,8 @@ def names_text(names: list[str]) -> str:
 
 
 def obj_data_text(classes: int, train: Path, valid: Path, names: Path, backup: Path) -> str:
-    """obj.data with the five keys every darknet fork reads (darknet.md 3.1), absolute paths."""
+    """obj.data with the five keys every darknet fork reads (docs/darknet.md 3.1), absolute
+    paths."""
     return (f"classes = {classes}\ntrain = {train}\nvalid = {valid}\n"
             f"names = {names}\nbackup = {backup}\n")
 

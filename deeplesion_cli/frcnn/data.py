@@ -26,23 +26,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deeplesion_cli.evaluation.data import GroundTruth, ground_truth_from_dict
+from deeplesion_cli.errors import LesionInputError
+from deeplesion_cli.formats.groundtruth import GroundTruth, ground_truth_from_dict
+from deeplesion_cli.prepared import SPLITS, Prepared, PreparedError
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "DataError", "read_manifest", "ClassMap", "PreparedSplit", "collate",
+           "to_model_input"]
 
 
-class DataError(ValueError):
-    """A prepared folder that cannot be read; the message names the file and the reason."""
+class DataError(LesionInputError):
+    """A prepared folder (or run folder) that cannot be used; the message names the file and the
+    reason."""
 
 
 def read_manifest(prepared: Path) -> dict:
-    path = Path(prepared) / "manifest.json"
+    """``manifest.json`` of ``prepared`` (:class:`~deeplesion_cli.prepared.Prepared` reads it);
+    :class:`DataError` naming the file when it is missing or not JSON."""
     try:
-        return json.loads(path.read_text())
-    except OSError:
-        raise DataError(f"{path}: not found; PREPARED must be a folder written by lesion prepare")
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})")
+        return Prepared(prepared).manifest
+    except PreparedError as exc:
+        # one error class for everything wrong with the data of `lesion train/predict frcnn`
+        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -89,11 +93,10 @@ class PreparedSplit(Dataset):
         self.prepared = Path(prepared)
         self.split = split
         self.manifest = manifest if manifest is not None else read_manifest(self.prepared)
-        self.classes = ClassMap.from_manifest(self.manifest, str(self.prepared / "manifest.json"))
-        files = self.manifest.get("files", {})
-        coco_rel = files.get("coco", {}).get(split, f"coco/{split}.json")
-        self.image_dir = self.prepared / files.get("images", {}).get(split, f"{split}/")
-        self.coco_path = self.prepared / coco_rel
+        folder = Prepared(self.prepared)
+        self.classes = ClassMap.from_manifest(self.manifest, str(folder.manifest_path))
+        self.image_dir = folder.image_dir(split)
+        self.coco_path = folder.coco_path(split)
         try:
             document = json.loads(self.coco_path.read_text())
         except OSError as exc:

@@ -122,6 +122,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from deeplesion_cli.errors import LesionInputError
 from deeplesion_cli.frcnn.weights import (
     HEAD_PREFIXES,
     WeightsError,
@@ -132,8 +133,8 @@ from deeplesion_cli.frcnn.weights import (
     resolve_file,
 )
 
-ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "mobilenet_v3_fpn", "resnet18_fpn", "vgg16_uld")
-PRETRAINED = ("none", "imagenet", "coco")
+# the names are declared with the options (deeplesion_cli.spec.frcnn); builders below
+from deeplesion_cli.spec.frcnn import ARCHS, PRETRAINED  # noqa: E402
 
 #: ``(max, default)`` of ``trainable_backbone_layers`` per arch, as torchvision's builders
 #: (resnet: conv1 + 4 stages; mobilenet_v3: 6 stages; vgg16: its 5 conv stages).
@@ -182,7 +183,7 @@ _IMAGENET_WEIGHTS = {
 # Parameters whose shape depends on the number of classes or of anchors per location: a COCO
 # file's tensors there are skipped when they do not fit (any other misfit is an error).
 
-class AnchorsError(ValueError):
+class AnchorsError(LesionInputError):
     """An ``anchors`` dict (``lesion anchors`` json) with a missing or bad field; the message
     names the field."""
 

@@ -1,7 +1,7 @@
 """Batched Faster R-CNN inference over a prepared split, and ``lesion predict frcnn``.
 
 :func:`infer` runs a model over a :class:`~deeplesion_cli.frcnn.data.PreparedSplit` (no
-augmentation) and returns :class:`~deeplesion_cli.evaluation.data.Detections`: boxes
+augmentation) and returns :class:`~deeplesion_cli.formats.groundtruth.Detections`: boxes
 ``[x, y, w, h]`` in 0-based continuous pixels of the **prepared image** (torchvision's
 ``GeneralizedRCNNTransform`` resizes to the model's input size and maps its boxes back to the
 input image's frame in ``postprocess``), categories as the prepared COCO ``category_id``, so the
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 from deeplesion_cli.frcnn.data import DataError, PreparedSplit, collate, to_model_input
+from deeplesion_cli.prepared import Prepared
 from deeplesion_cli.progress import Progress
 
 
@@ -125,7 +126,7 @@ def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: s
     trained = tuple(state["classes"]["names"])
     if trained != dataset.classes.names:
         raise DataError(f"{path} was trained on classes {list(trained)} but "
-                        f"{Path(prepared) / 'manifest.json'} has {list(dataset.classes.names)}")
+                        f"{Prepared(prepared).manifest_path} has {list(dataset.classes.names)}")
     gt = dataset.ground_truth()
     with Progress(len(dataset), f"predict {split}", enabled=show_progress) as progress:
         raw = infer_raw(model, dataset, dev, batch_size=batch_size, workers=workers, amp=amp,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 
+from deeplesion_cli.errors import LesionInputError
 
-class ThreadsError(ValueError):
+
+class ThreadsError(LesionInputError):
     """A ``--threads`` that a resumed run cannot take."""
 
 

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from deeplesion_cli.errors import LesionInputError
+
 HEAD_PREFIXES = ("roi_heads.box_predictor.", "rpn.head.cls_logits.", "rpn.head.bbox_pred.")
 _SHOWN_KEYS = 5
 # torchvision < 0.12 names of the RPN conv and the FPN convs (see _upgrade_legacy_keys)
@@ -28,7 +30,7 @@ _LEGACY_KEY = re.compile(r"(?P<module>.*(?:rpn\.head\.conv|fpn\.(?:inner|layer)_
 
 
 
-class WeightsError(ValueError):
+class WeightsError(LesionInputError):
     """A weights file that is missing, unreadable or does not fit; the message names the file and
     what to do."""
 

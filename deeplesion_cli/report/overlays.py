@@ -19,8 +19,8 @@ Rules (``lesion report``):
   Prediction boxes first (true positives :data:`TP_COLOR`, false positives :data:`FP_COLOR`),
   then the ground truth (:data:`GT_COLOR`) over them, all 2 px wide and inward from the box's
   outer edge; then each prediction's score on a small label above its box (below it at the top
-  of the image), over everything, and with several classes the class names. A caption band below the image names the run, the image and its
-  counts.
+  of the image), over everything, and with several classes the class names. A caption band
+  below the image names the run, the image and its counts.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from deeplesion_cli import atomic
-from deeplesion_cli.evaluation.data import Detections, GroundTruth
 from deeplesion_cli.evaluation.matching import greedy_match, score_order
+from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 GT_COLOR = (0, 255, 0)
 TP_COLOR = (255, 165, 0)

@@ -1,4 +1,9 @@
-"""Ground truth and detections as flat numpy arrays: the one input every metric reads.
+"""Ground truth and detections as flat numpy arrays: the one input every metric reads, and the
+reader of COCO ground-truth files.
+
+These types sit at the bottom of the package: the detection-file readers
+(:mod:`deeplesion_cli.formats.detections`), the metrics, the report's overlays and the Faster
+R-CNN backend all exchange them, and this module imports none of them.
 
 Boxes are ``[x, y, w, h]`` in pixels (COCO's convention, 0-based continuous coordinates,
 ``w = x2 - x1``). Images are referred to by their **index** into ``GroundTruth.image_ids``
@@ -16,10 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplesion_cli.errors import LesionInputError
 
-class EvalInputError(ValueError):
+
+class EvalInputError(LesionInputError):
     """A ground-truth or detection file that cannot be evaluated; the message names the file,
-    the index or line, and the reason."""
+    the index or line, and the reason (bad input: exit 2; also a ValueError)."""
 
 
 @dataclass
@@ -116,6 +123,8 @@ def load_ground_truth(path: Path) -> GroundTruth:
 
 
 def ground_truth_from_dict(document: dict, source: str = "<ground truth>") -> GroundTruth:
+    """A COCO instances document (already parsed) as a :class:`GroundTruth`; ``source`` names it
+    in error messages. Boxes stay COCO's ``[x, y, w, h]`` pixels."""
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise EvalInputError(f"{source}: not a COCO instances file (no 'images' list)")
     images = document["images"]

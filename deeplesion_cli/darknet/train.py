@@ -1,0 +1,365 @@
+"""Training with darknet: the run folder, its ``obj.data``, resuming, and judging the run.
+
+Commands per fork (``<x>`` = absolute paths):
+
+================  ==========================================================================
+train, pjreddie   ``darknet detector train <run>/obj.data <run>/<cfg> [<weights>] [-gpus L]``
+train, AlexeyAB   ``... train <run>/obj.data <run>/<cfg> [<weights>] -dont_show [-map] [-gpus L]``
+train, hank-ai    same as AlexeyAB, with ``yes`` on stdin (CPU builds ask for it,
+                  docs/darknet.md 5.4)
+================  ==========================================================================
+
+Each fork gets only the flags it knows (an unknown flag becomes a positional argument in
+pjreddie and AlexeyAB, docs/darknet.md 4). The inputs are checked first (:mod:`.inputs`); the
+console goes into ``darknet.log`` and ``metrics.csv`` (:mod:`.process`,
+:mod:`deeplesion_cli.runlog`) and :func:`judge_training` decides whether the run trained,
+whatever darknet's exit code says.
+``args.json`` (:mod:`.runargs`) records the run's options before darknet starts.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deeplesion_cli import runlog
+from deeplesion_cli.darknet import log as dlog
+from deeplesion_cli.darknet.binary import FORK_NAMES, FORKS, detect_fork, find_darknet
+from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetOptionError,
+                                           DarknetRunError)
+from deeplesion_cli.darknet.inputs import (CfgSummary, data_file_problems, validate_inputs,
+                                           write_data_file)
+from deeplesion_cli.darknet.process import RunOutcome, describe_returncode, run_darknet
+from deeplesion_cli.darknet.runargs import write_run_args
+from deeplesion_cli.prepared import Prepared
+from deeplesion_cli.progress import Progress
+
+@dataclass
+class TrainResult:
+    """A finished, checked training run."""
+
+    run_dir: Path
+    final_weights: Path
+    iterations: int            # last iteration reached (= the cfg's max_batches)
+    avg_loss: float            # darknet's running average loss at the last iteration
+    metrics_csv: Path
+    fork: str
+    log_path: Path = None
+    cfg_path: Path = None
+    data_path: Path = None
+    command: list = field(default_factory=list)
+    seconds: float = 0.0       # wall-clock seconds of the darknet process
+    first_iteration: int = 1   # > 1 when resumed
+    warnings: list = field(default_factory=list)
+
+
+def weights_paths(backup_dir: Path, base: str, fork: str) -> dict[str, Path]:
+    """The weights darknet writes into ``backup_dir`` (docs/darknet.md 5): ``final``, and
+    ``resume`` (what a resumed run starts from: ``_last`` for AlexeyAB/hank-ai, ``.backup`` for
+    pjreddie)."""
+    resume = (backup_dir / f"{base}.backup" if fork == "pjreddie"
+              else backup_dir / f"{base}_last.weights")
+    return {"final": backup_dir / f"{base}_final.weights", "resume": resume}
+
+
+def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: bool = False,
+                  gpus: str | None = None) -> list[str]:
+    """``darknet detector train`` for ``fork``, with only the flags that fork knows (an unknown
+    flag would become the weights path in pjreddie, docs/darknet.md 4)."""
+    if fork not in FORKS:
+        raise DarknetOptionError(f"fork {fork!r}: expected one of {', '.join(FORKS)}")
+    cmd = [str(binary), "detector", "train", str(data_path), str(cfg_path)]
+    if weights is not None:
+        cmd.append(str(weights))
+    if fork in ("alexeyab", "hankai"):
+        cmd.append("-dont_show")
+        if map:
+            cmd.append("-map")
+    elif map:
+        raise DarknetOptionError("pjreddie darknet has no -map")
+    if gpus is not None:
+        cmd += ["-gpus", gpus]
+    return cmd
+
+
+def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path,
+                   burn_in: int | None = None) -> list[str]:
+    """Why a training run failed (empty if it did not), whatever darknet's exit code says
+    (docs/darknet.md 10): non-zero exit; an error, missing-file, bad-data or out-of-memory
+    line; NaN or infinite average loss; no iteration line; a learning rate printed as 0 at every
+    iteration (the run never left its ``burn_in`` warm-up: weights barely moved); last iteration
+    < ``max_batches``; ``final_weights`` missing."""
+    reasons = []
+    if outcome.returncode != 0:
+        reasons.append(describe_returncode(outcome.returncode))
+    kinds = {"out-of-memory": "out of memory", "missing-file": "a file is missing",
+             "bad-data": "bad training data", "error": "darknet reported an error"}
+    seen = set()
+    for problem in outcome.problems:
+        if problem.kind in seen:
+            continue
+        seen.add(problem.kind)
+        reasons.append(f"{kinds[problem.kind]}: {problem.message[:300]}")
+    diverged = next((it for it in outcome.iterations if it.diverged), None)
+    if diverged is not None:
+        reasons.append(f"the average loss became {diverged.avg_loss} at iteration "
+                       f"{diverged.iteration}: training diverged (lower learning_rate, raise "
+                       "burn_in, or check the labels)")
+    if outcome.iterations and all(it.rate == 0 for it in outcome.iterations):
+        first, last_it = outcome.iterations[0].iteration, outcome.iterations[-1].iteration
+        cause = (f"burn_in={burn_in} warm-up ramps the rate as learning_rate x (iteration / "
+                 f"burn_in)^4, too small to print by iteration {last_it}; lower burn_in "
+                 "(`lesion cfg --burn-in`, whose default suits --max-batches)"
+                 if burn_in else "learning_rate is 0 or the policy brought it to 0")
+        reasons.append(f"the learning rate was 0 at every iteration ({first}-{last_it}), so "
+                       f"nothing was learnt: {cause}")
+    last = outcome.last_iteration
+    if last is None:
+        reasons.append("darknet printed no training iteration")
+    elif last.iteration < max_batches:
+        reasons.append(f"training stopped at iteration {last.iteration} of max_batches="
+                       f"{max_batches}")
+    if not Path(final_weights).is_file():
+        reasons.append(f"no final weights {final_weights}")
+    return reasons
+
+
+class _TrainProgress(Progress):
+    """Progress whose description can change (iteration and average loss)."""
+
+    def set_description(self, text: str) -> None:
+        self.description = text
+        if self._rich is not None:
+            self._rich.update(self._task, description=text)
+
+
+def _gpu_list(gpus) -> str | None:
+    if gpus is None or gpus == "" or gpus == []:
+        return None
+    if isinstance(gpus, int):
+        return str(gpus)
+    if isinstance(gpus, str):
+        text = gpus.replace(" ", "")
+    else:
+        text = ",".join(str(int(g)) for g in gpus)
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise DarknetOptionError(f"gpus {gpus!r}: expected GPU indices like 0 or 0,1")
+    return text
+
+
+def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None,
+          map: bool = False, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train a darknet detector on a prepared folder and check that it really trained.
+
+    ``run_dir`` receives: a copy of the cfg, ``obj.data`` (absolute paths, ``backup`` =
+    ``run_dir/backup``), ``args.json`` (:mod:`.runargs`: written before darknet starts,
+    rewritten on resume), ``darknet.log`` (the clean console), ``metrics.csv``
+    (:mod:`deeplesion_cli.runlog`, one row per iteration) and ``backup/<cfgbase>_final.weights``.
+    darknet runs with ``run_dir`` as its working folder.
+
+    ``weights``: initial weights (a pretrained backbone such as ``yolov3-tiny.conv.11``).
+    ``map``: evaluate mAP@0.5 on the val list during training (AlexeyAB / hank-ai ``-map``; the
+    values go to ``val_mAP50``); pjreddie cannot, which is an error. ``resume``: continue from
+    ``backup/<cfgbase>_last.weights`` (AlexeyAB / hank-ai) or ``backup/<cfgbase>.backup``
+    (pjreddie), or from ``_final.weights`` when ``max_batches`` was raised (the cfg given
+    replaces the run's copy, so a resumed run can train longer); metrics.csv rows from the
+    iteration it restarts at on are replaced, and darknet.log is appended to. ``gpus``: GPU
+    indices (``"0,1"`` or ``[0, 1]``) for ``-gpus``.
+
+    Raises :class:`DarknetNotFound`, :class:`DarknetOptionError`, :class:`DarknetInputError`
+    (before launching) or :class:`DarknetRunError` (after: see :func:`judge_training`; the run
+    folder is kept).
+    """
+    binary = find_darknet(darknet)
+    fork = detect_fork(binary)
+    prepared_dir = Path(prepared_dir).resolve()
+    run_dir = Path(run_dir).resolve()
+    cfg_source = Path(cfg_path).resolve()
+    gpu_list = _gpu_list(gpus)
+    if map and fork == "pjreddie":
+        raise DarknetOptionError(
+            "mAP during training (-map) needs AlexeyAB or hank-ai darknet; "
+            f"{binary} is pjreddie's, which has no -map. Train without it and run "
+            "`lesion predict` + `lesion eval` on the weights instead.")
+    if not cfg_source.is_file():
+        raise DarknetInputError([f"{cfg_source}: cfg file not found"], "cfg")
+    if weights is not None and not Path(weights).is_file():
+        raise DarknetInputError([f"{weights}: weights file not found (pjreddie would exit 0 "
+                                 "without training, hank-ai would silently train from "
+                                 "scratch)"], "weights")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backup_dir = run_dir / "backup"
+    cfg_copy = run_dir / cfg_source.name
+    data_path = run_dir / "obj.data"
+    log_path = run_dir / "darknet.log"
+    metrics_path = run_dir / "metrics.csv"
+    prepared = Prepared(prepared_dir)
+    train_list = prepared.list_path("train")
+    valid_list = prepared.list_path("val")
+    names_path = prepared.names_path
+
+    problems = data_file_problems({"train": train_list, "valid": valid_list,
+                                   "names": names_path, "backup": backup_dir})
+    if problems:
+        raise DarknetInputError(problems, "run paths")
+    lists = ["train", "val"] if map else ["train"]
+    summary = validate_inputs(prepared_dir, cfg_source, lists, fork=fork, backup_dir=backup_dir)
+    cfg = summary.cfg
+    n_train = summary.images[str(train_list)]
+    paths = weights_paths(backup_dir, cfg.base, fork)
+    final_weights = paths["final"]
+
+    initial_weights = Path(weights).resolve() if weights is not None else None
+    start_weights = initial_weights
+    if resume:
+        start_weights = _resume_weights(paths, metrics_path, cfg, fork)
+    else:
+        existing = sorted(backup_dir.glob("*.weights")) + sorted(backup_dir.glob("*.backup"))
+        if existing:
+            raise DarknetOptionError(f"{run_dir} already holds trained weights "
+                                     f"({existing[0].name}); resume it (--resume) or choose a "
+                                     "new run folder")
+
+    if cfg_copy != cfg_source:
+        shutil.copyfile(cfg_source, cfg_copy)
+    write_data_file(data_path, {"classes": cfg.classes, "train": train_list,
+                                "valid": valid_list, "names": names_path, "backup": backup_dir})
+    # the record lesion report reads; written before darknet starts so a failed run has it too
+    write_run_args(run_dir, prepared=prepared_dir, cfg_path=cfg_copy, weights=initial_weights,
+                   binary=binary, fork=fork, gpus=gpu_list, map=map, resumed=resume,
+                   classes=cfg.classes)
+    if not resume:
+        metrics_path.unlink(missing_ok=True)
+
+    cmd = train_command(binary, fork, data_path, cfg_copy, start_weights, map, gpu_list)
+    stdin_path = None
+    if fork == "hankai":
+        stdin_path = run_dir / ".stdin-yes"
+        stdin_path.write_text("yes\n")
+
+    state = _TrainState(metrics_path, n_train, cfg.max_batches, resume, show_progress)
+    try:
+        outcome = run_darknet(cmd, run_dir, log_path, stdin_path=stdin_path,
+                              on_event=state.on_event, append_log=resume)
+    finally:
+        state.close()
+        if stdin_path is not None:
+            stdin_path.unlink(missing_ok=True)
+    reasons = judge_training(outcome, cfg.max_batches, final_weights, cfg.burn_in)
+    if reasons:
+        raise DarknetRunError(f"darknet training ({FORK_NAMES[fork]})", reasons,
+                              list(outcome.tail), run_dir, log_path)
+    last = outcome.last_iteration
+    return TrainResult(run_dir, final_weights, last.iteration, last.avg_loss, metrics_path, fork,
+                       log_path, cfg_copy, data_path, cmd, outcome.seconds,
+                       outcome.iterations[0].iteration, outcome.warnings)
+
+
+def weights_images_seen(path) -> int | None:
+    """Images a weights file has been trained on (darknet's ``seen`` in the header: three int32
+    ``major, minor, revision``, then ``seen`` as uint64 when ``major * 10 + minor >= 2``, else as
+    int32). None if the file is too short to hold a header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 16:
+        return None
+    major, minor, _revision = struct.unpack("<iii", head[:12])
+    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
+        return struct.unpack("<Q", head[12:20])[0] if len(head) == 20 else None
+    return struct.unpack("<i", head[12:16])[0]
+
+
+def _resume_weights(paths: dict[str, Path], metrics_path: Path, cfg: CfgSummary,
+                    fork: str) -> Path:
+    final, last = paths["final"], paths["resume"]
+    if final.is_file():
+        done = 0
+        if metrics_path.is_file():
+            rows = runlog.read_metrics(metrics_path)
+            done = max((r["step"] for r in rows if r["step"] is not None), default=0)
+        seen = weights_images_seen(final)
+        if seen is not None and cfg.batch > 0:
+            done = max(done, seen // cfg.batch)  # darknet's own count (cfg batch = images/iter)
+        if done >= cfg.max_batches:
+            raise DarknetOptionError(f"the run already reached max_batches={cfg.max_batches} "
+                                     f"({final}); raise max_batches in the cfg to train longer")
+        return final
+    if last.is_file():
+        return last
+    raise DarknetOptionError(f"nothing to resume from: no {last} (darknet writes it every 100 "
+                             f"iterations) and no {final}")
+
+
+class _TrainState:
+    """Turns iteration events into metrics.csv rows and progress updates.
+
+    A row is held back until the next iteration (or the end), so that the mAP darknet prints
+    after an iteration's line lands in that iteration's row.
+    """
+
+    def __init__(self, metrics_path: Path, n_train: int, max_batches: int, resume: bool,
+                 show_progress: bool):
+        self.metrics_path = metrics_path
+        self.n_train = max(n_train, 1)
+        self.max_batches = max_batches
+        self.resume = resume
+        self.show_progress = show_progress
+        self.writer: runlog.MetricsWriter | None = None
+        self.progress: _TrainProgress | None = None
+        self.pending: dict | None = None
+        self.previous = None
+        self.first = None
+
+    def on_event(self, event) -> None:
+        if isinstance(event, dlog.Iteration):
+            self._iteration(event)
+        elif isinstance(event, dlog.MapResult) and event.kind == "train" and self.pending:
+            if abs(event.iou_threshold - 0.5) < 1e-6:
+                self.pending["val_mAP50"] = event.map
+
+    def _iteration(self, it) -> None:
+        if self.first is None:
+            self.first = it.iteration
+            if self.resume and self.metrics_path.exists():
+                runlog.truncate_metrics(self.metrics_path, it.iteration)
+            self.writer = runlog.MetricsWriter(self.metrics_path)
+            self.progress = _TrainProgress(self.max_batches - it.iteration + 1, "darknet train",
+                                           unit="iterations", enabled=self.show_progress)
+            self.progress.__enter__()
+        self._flush_pending()
+        previous = self.previous
+        if previous is not None and it.iteration > previous.iteration:
+            step_images = (it.images - previous.images) / (it.iteration - previous.iteration)
+        else:
+            step_images = it.images / it.iteration if it.iteration else float("nan")
+        per_s = (step_images / it.seconds
+                 if it.seconds and it.seconds > 0 and np.isfinite(step_images) else None)
+        self.pending = {"step": it.iteration, "epoch": it.images / self.n_train,
+                        "loss": it.loss, "avg_loss": it.avg_loss, "lr": it.rate,
+                        "images": it.images, "seconds": it.seconds, "images_per_s": per_s}
+        self.previous = it
+        done = it.iteration - self.first + 1
+        self.progress.set_description(f"darknet train: iteration {it.iteration}/"
+                                      f"{self.max_batches}, avg loss {it.avg_loss:.4g}")
+        if done > self.progress.done:
+            self.progress.advance(done - self.progress.done)
+
+    def _flush_pending(self) -> None:
+        if self.pending is not None and self.writer is not None:
+            self.writer.write(self.pending)
+        self.pending = None
+
+    def close(self) -> None:
+        self._flush_pending()
+        if self.writer is not None:
+            self.writer.close()
+        if self.progress is not None:
+            self.progress.__exit__(None, None, None)

@@ -1,0 +1,89 @@
+"""The ``lesion`` shell line of each matrix step (``lesion matrix --print``: lines for a cluster
+queue). Run in order, the lines do what :func:`~deeplesion_cli.matrix.run.run_matrix` does.
+
+The words come from :mod:`deeplesion_cli.steps` (the ``*_words`` companions of the step functions
+the matrix runs, built from the options' one declaration, read at call time); the command's
+plumbing (the prepared folder, ``--out``, ``--cfg``, ``-o``) from the matrix's folder layout. Paths are relative to ``cwd`` when inside it, else absolute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from deeplesion_cli import steps
+from deeplesion_cli.matrix.model import Experiment, Matrix, yolo_final_weights
+from deeplesion_cli.matrix.options import frcnn_spec_now, option_values
+from deeplesion_cli.spec import darknet as darknet_spec
+from deeplesion_cli.spec import evaluation as eval_spec
+from deeplesion_cli.spec.core import shell_line, shell_path
+
+
+def frcnn_train_line(matrix: Matrix, exp: Experiment, cwd: Path, resume: bool = False) -> str:
+    """``lesion train frcnn`` with every option that has a value as a flag (``resume``:
+    ``--resume`` and only the options a resumed run may change)."""
+    return shell_line(steps.train_frcnn_words(matrix.prepared, exp.run_dir,
+                                              option_values(exp.options, frcnn_spec_now()),
+                                              cwd, resume=resume))
+
+
+def frcnn_predict_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:
+    """``lesion predict frcnn RUN PREPARED --split S -o out/NAME/S.json`` with the run's
+    ``--device`` and ``--workers`` (what :func:`~deeplesion_cli.matrix.run.run_matrix` passes)."""
+    return shell_line(steps.predict_frcnn_words(
+        exp.run_dir, matrix.prepared, exp.predictions(matrix.split),
+        {"split": matrix.split, "workers": exp.options.workers, "device": exp.options.device},
+        cwd))
+
+
+def _only(values: dict, spec) -> dict:
+    return {k: v for k, v in values.items() if k in spec}
+
+
+def yolo_cfg_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:
+    """``lesion cfg`` writing the run's cfg (``mkdir -p`` first: ``lesion cfg`` does not make
+    the folder)."""
+    words = steps.cfg_words(matrix.prepared, exp.cfg_path,
+                            _only(exp.options.as_dict(), darknet_spec.CFG), cwd)
+    return shell_line(["mkdir", "-p", shell_path(exp.run_dir, cwd)]) + " && " + shell_line(words)
+
+
+def yolo_train_line(matrix: Matrix, exp: Experiment, cwd: Path, resume: bool = False) -> str:
+    """``lesion train yolo`` (``resume``: darknet's own resume weights, not the initial ones)."""
+    return shell_line(steps.train_yolo_words(
+        matrix.prepared, exp.cfg_path, exp.run_dir,
+        _only(exp.options.as_dict(), darknet_spec.TRAIN_YOLO), cwd, resume=resume))
+
+
+def yolo_predict_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:
+    values = _only(exp.options.as_dict(), darknet_spec.PREDICT_YOLO)
+    return shell_line(steps.predict_yolo_words(
+        matrix.prepared, exp.cfg_path, yolo_final_weights(exp), exp.predictions(matrix.split),
+        {**values, "split": matrix.split}, cwd))
+
+
+def eval_line(matrix: Matrix, names: Sequence[str], cwd: Path) -> str:
+    """``lesion eval PREPARED --split S --pred NAME=out/NAME/S.json ... --out out/eval`` with
+    every ``[eval]`` option."""
+    predictions = {name: matrix.experiment(name).predictions(matrix.split) for name in names}
+    return shell_line(steps.evaluate_words(
+        matrix.prepared, predictions, option_values(matrix.eval_options, eval_spec.EVAL), cwd,
+        split=matrix.split, out_dir=matrix.eval_dir))
+
+
+def report_line(matrix: Matrix, names: Sequence[str], cwd: Path) -> str:
+    """``lesion report RUN... --eval DIR --prepared DIR --out DIR`` and the ``[report]`` options
+    that differ from the defaults (as :func:`~deeplesion_cli.matrix.run.build_matrix_report`
+    runs it)."""
+    return shell_line(steps.report_words(
+        [matrix.experiment(n).run_dir for n in names], [matrix.eval_dir], matrix.prepared,
+        matrix.report_dir, matrix.report.as_dict(), cwd))
+
+
+def matrix_line(matrix: Matrix, only: Sequence[str], cwd: Path) -> str:
+    """``lesion matrix FILE [--only NAME ...]``: after the other lines it finds everything done
+    and writes out/comparison.md."""
+    words = ["lesion", "matrix", shell_path(matrix.path.resolve(), cwd)]
+    for name in only:
+        words += ["--only", name]
+    return shell_line(words)

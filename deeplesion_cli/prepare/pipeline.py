@@ -1,0 +1,226 @@
+"""``lesion prepare``'s pipeline: read and check DL_info.csv and the key slices, split, plan,
+render what is missing (resuming through the journal), then write the folder's metadata.
+
+Nothing is written before every row and image has been checked (unless ``skip_invalid``); the
+manifest is written last, so a folder with a manifest is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deeplesion_cli import __version__, atomic
+from deeplesion_cli.deeplesion import schema, splits
+from deeplesion_cli.deeplesion.schema import CSV_NAME, IMAGES_DIR, LesionRow, RowError
+from deeplesion_cli.errors import LesionInputError
+from deeplesion_cli.formats import yolo
+from deeplesion_cli.prepare.options import PrepareOptions, categories_for
+from deeplesion_cli.prepare.outputs import images_hash, remove_unplanned, write_metadata
+from deeplesion_cli.prepare.plan import check_images, job_for, plan_image
+from deeplesion_cli.prepare.rendering import JOURNAL_NAME, journal_text, read_journal, run_jobs
+from deeplesion_cli.prepared import COCO_DIR, REJECTED_NAME, Prepared
+
+#: How many row errors the default (strict) mode prints before summarising the rest.
+MAX_ERRORS_SHOWN = 20
+
+
+class PrepareInputError(LesionInputError):
+    """The input has rows or images that cannot be prepared; nothing was written (a ValueError;
+    exit 2).
+
+    ``errors`` holds every problem; ``str()`` shows the first 20 and a count of the rest.
+    """
+
+    def __init__(self, source: Path, errors: list[RowError], written: bool = False):
+        self.source = source
+        self.errors = errors
+        shown = "\n".join(f"  {e}" for e in errors[:MAX_ERRORS_SHOWN])
+        more = len(errors) - MAX_ERRORS_SHOWN
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        rows = len({e.row for e in errors})
+        state = ("images decoded so far are kept and a re-run reuses them" if written
+                 else "nothing was written")
+        super().__init__(
+            f"{source}: {len(errors)} problem{'s' if len(errors) != 1 else ''} in {rows} "
+            f"row{'s' if rows != 1 else ''}; {state} (use --skip-invalid to prepare "
+            f"the rest and list these in {REJECTED_NAME}):\n{shown}{tail}")
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` did: the folder, its manifest, and what was rendered or reused."""
+
+    out_dir: Path
+    manifest: dict
+    rendered: int                               # images rendered by this run
+    reused: int                                 # images already in place from an earlier run
+    rejected: list[RowError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    up_to_date: bool = False
+
+
+def prepare(deeplesion_dir: Path, out_dir: Path, options: PrepareOptions | None = None,
+            workers: int | None = None, show_progress: bool = True) -> PrepareResult:
+    """Prepare ``deeplesion_dir`` (holding DL_info.csv and Images_png/) into ``out_dir``.
+
+    Raises :class:`PrepareInputError` (nothing written) on bad rows or images unless
+    ``options.skip_invalid``; raises ValueError on inconsistent options or
+    :class:`schema.SchemaError` on an unreadable CSV.
+    """
+    options = options or PrepareOptions()
+    options.validate()
+    deeplesion_dir = Path(deeplesion_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    prepared = Prepared(out_dir)
+    workers = workers or len(os.sched_getaffinity(0))
+    csv_path = deeplesion_dir / CSV_NAME
+    images_dir = deeplesion_dir / IMAGES_DIR
+    if not csv_path.is_file():
+        raise schema.SchemaError(f"{csv_path}: not found (expected {CSV_NAME} in {deeplesion_dir})")
+    csv_bytes = csv_path.read_bytes()
+    rows, errors = schema.read_csv(csv_path)
+    n_read = len(rows) + len({e.row for e in errors})
+
+    kept, excluded = [], Counter()
+    for r in rows:
+        if r.possibly_noisy and not options.keep_noisy:
+            excluded["noisy"] += 1
+        elif options.task == "typed" and r.lesion_type == schema.UNLABELLED_TYPE:
+            excluded["untyped"] += 1
+        else:
+            kept.append(r)
+    groups: dict[str, list[LesionRow]] = defaultdict(list)
+    for r in kept:
+        groups[r.file_name].append(r)
+    errors += check_images(groups, images_dir)
+    # One image has one set of per-slice fields; rows that disagree cannot share a file.
+    for file_name, group in groups.items():
+        for r in group[1:]:
+            for column, a, b in (("Image_size", r.image_size_px, group[0].image_size_px),
+                                 ("Spacing_mm_px_", r.spacing_mm, group[0].spacing_mm),
+                                 ("Train_Val_Test", r.split_code, group[0].split_code)):
+                if a != b:
+                    errors.append(RowError(r.row, r.line, column, str(a),
+                                           f"differs from row {group[0].row} of the same File_name",
+                                           file_name))
+    errors.sort(key=lambda e: (e.row, e.line))
+    if errors and not options.skip_invalid:
+        raise PrepareInputError(csv_path, errors)
+    bad_rows = {e.row for e in errors}
+    kept = [r for r in kept if r.row not in bad_rows]
+
+    if options.resolved_split() == "official":
+        split_of = splits.official_split(kept)
+    else:
+        split_of = splits.patient_split(kept, options.ratios, options.seed)
+    categories = categories_for(options.task)
+    class_names = [c["name"] for c in categories]
+    class_index_of = ({c["id"]: i for i, c in enumerate(categories)} if options.task == "typed"
+                      else {0: 0})
+
+    groups = defaultdict(list)
+    for r in kept:
+        groups[r.file_name].append(r)
+    render_hash = hashlib.sha256(json.dumps(options.render_json(), sort_keys=True).encode()
+                                 ).hexdigest()[:16]
+    planned = []
+    for file_name in sorted(groups):
+        group = groups[file_name]
+        image = plan_image(split_of[group[0].patient_index], group, options, class_index_of)
+        image.job = job_for(image, images_dir, out_dir, options, render_hash)
+        planned.append(image)
+
+    warnings = yolo.darknet_path_warnings(out_dir)
+    for split in splits.SPLITS:
+        if not any(im.split == split for im in planned):
+            warnings.append(f"the {split} split has no images")
+    if options.task == "typed" and options.resolved_split() == "official":
+        warnings.append("--task typed with --split official: every official training row is "
+                        "unlabelled (type -1), so the train split is empty")
+
+    # ---- from here on we write
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temps(out_dir)
+    for split in splits.SPLITS:
+        (out_dir / split).mkdir(exist_ok=True)
+    (out_dir / COCO_DIR).mkdir(exist_ok=True)
+    prepared.backup_dir.mkdir(exist_ok=True)
+
+    journal_path = out_dir / JOURNAL_NAME
+    journal = read_journal(journal_path)
+    done: dict[str, tuple[str, str]] = {}
+    todo = []
+    for image in planned:
+        job = image.job
+        entry = journal.get(job.key)
+        if (entry and entry[0] == job.signature and os.path.exists(job.image_path)
+                and os.path.exists(job.label_path)):
+            done[job.key] = entry
+        else:
+            todo.append(job)
+
+    config = {"version": __version__, "options": options.to_json(),
+              "csv_sha256": hashlib.sha256(csv_bytes).hexdigest()}
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    manifest_path = prepared.manifest_path
+    if not todo and manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if (old.get("config_hash") == config_hash and
+                old.get("inputs", {}).get("images_sha256") == images_hash(done)):
+            return PrepareResult(out_dir, old, 0, len(done), errors, warnings, up_to_date=True)
+
+    failures: dict[str, str] = {}
+    # Keep the entries of images still planned (done ones); the rest is rewritten as it completes.
+    atomic.write_text(journal_path, journal_text(done))
+    jobs_by_key = {job.key: job for job in todo}
+    with open(journal_path, "a") as journal_file:
+        def on_done(key: str, digest: str, error: str | None) -> None:
+            if error:
+                failures[key] = error
+                return
+            done[key] = (jobs_by_key[key].signature, digest)
+            journal_file.write(f"{key}\t{done[key][0]}\t{digest}\n")
+            journal_file.flush()
+
+        run_jobs(todo, workers, show_progress, on_done)
+
+    if failures:
+        image_errors = []
+        for image in planned:
+            if image.job.key in failures:
+                image_errors += [RowError(r.row, r.line, "File_name", r.file_name,
+                                          failures[image.job.key], r.file_name) for r in image.rows]
+        if not options.skip_invalid:
+            raise PrepareInputError(csv_path, image_errors, written=True)
+        errors = sorted(errors + image_errors, key=lambda e: (e.row, e.line))
+        for image in planned:
+            if image.job.key in failures:
+                for path in (image.job.image_path, image.job.label_path):
+                    Path(path).unlink(missing_ok=True)
+        planned = [im for im in planned if im.job.key not in failures]
+
+    manifest = write_metadata(out_dir, planned, categories, class_names, options, config,
+                              config_hash, done, errors, excluded, n_read, deeplesion_dir)
+    remove_unplanned(out_dir, planned)
+    atomic.write_text(journal_path, journal_text({k: done[k] for k in
+                                                  (im.job.key for im in planned)}))
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return PrepareResult(out_dir, manifest, len(todo) - len(failures), len(planned) - len(todo)
+                         + len(failures), errors, warnings)
+
+
+def manifest_summary(result: PrepareResult) -> dict:
+    """A small dict for printing: counts per split and where the files are."""
+    m = result.manifest
+    return {"out": str(result.out_dir), "counts": m["counts"], "rows": m["rows"],
+            "rendered": result.rendered, "reused": result.reused}
+
+

@@ -1,0 +1,61 @@
+"""The options of ``lesion cfg``, ``lesion train yolo`` and ``lesion predict yolo``, declared once.
+
+A matrix ``yolo`` experiment takes the options of all three (:data:`YOLO_EXPERIMENT`): the
+network of ``lesion cfg``, the run of ``lesion train yolo``, the score floor of ``lesion predict
+yolo``. Files a command reads or writes (``-o``, ``--cfg``, ``--out``) are not options here: they
+are the command's plumbing, fixed by the matrix's folder layout.
+"""
+
+from __future__ import annotations
+
+from deeplesion_cli.prepared import SPLITS
+from deeplesion_cli.spec.core import Option, Spec
+
+#: networks ``lesion cfg`` writes (templates in ``deeplesion_cli/darknet_cfg/``)
+ARCHS = ("yolov4", "yolov4-tiny", "yolov3", "yolov3-tiny")
+
+CFG = Spec("cfg", [
+    Option("arch", "str", None, choices=ARCHS, help="Network to write."),
+    Option("size", "size", "416", metavar="N|WxH", help="Network input size (multiples of 32)."),
+    Option("anchors", "path", None,
+           help="anchors.json from `lesion anchors` (default: the arch's stock anchors)."),
+    Option("batch", "int", 64, low=1),
+    Option("subdivisions", "int", 16, low=1),
+    Option("max_batches", "int", None, low=1,
+           help="Default: max(2000 x classes, training images, 6000)."),
+    Option("burn_in", "int", None, low=0,
+           help="Warm-up iterations (rate x (i / burn_in)^4). Default: 1000, or a sixth of "
+                "--max-batches when less, so that short runs train."),
+    Option("lr", "float", None, low=0, low_open=True,
+           help="Learning rate (default: the stock cfg's)."),
+    Option("small_objects", "bool", False,
+           help="yolov4: first head at stride 4 (darknet README's small-object change)."),
+    Option("mosaic", "bool", False, help="Mosaic augmentation (needs darknet with OpenCV)."),
+    Option("flip", "bool", False,
+           help="Allow horizontal flips (off by default: laterality matters in CT)."),
+])
+
+#: ``--darknet``: the same option in train and predict
+_DARKNET = Option("darknet", "program", None, compared=False,
+                  help="darknet binary (default: $DARKNET, then `darknet` on PATH).")
+
+TRAIN_YOLO = Spec("train yolo", [
+    Option("weights", "path", None,
+           help="Initial weights, e.g. a pretrained backbone (yolov4.conv.137)."),
+    _DARKNET,
+    Option("gpus", "gpus", None, compared=False, help="GPU ids for darknet, e.g. 0,1."),
+    Option("map", "bool", False,
+           help="Compute mAP on the validation list while training (AlexeyAB/hank-ai)."),
+])
+
+PREDICT_YOLO = Spec("predict yolo", [
+    Option("split", "str", "test", choices=SPLITS),
+    Option("thresh", "float", 0.005, low=0,
+           help="Score floor (low, so that AP sees the whole curve)."),
+    _DARKNET,
+])
+
+#: a matrix ``yolo`` experiment's options: name -> the spec that declares it
+YOLO_EXPERIMENT = {**{o.name: CFG for o in CFG},
+                   **{o.name: TRAIN_YOLO for o in TRAIN_YOLO},
+                   "thresh": PREDICT_YOLO}
