@@ -16,6 +16,13 @@ Checks (``--check``, repeatable; default all four):
 * ``yolo-overfit`` / ``yolo-generalise``: the same two targets for yolov3-tiny trained by the
   darknet binary found (Debian's pjreddie darknet in CI: single-threaded, no AVX).
 
+Measured on 2 cores (2026-12): frcnn-overfit train AP50 0.985 in 7.0 min; frcnn-generalise test
+AP50 0.632 in 13.6 min (both pass). Debian's darknet runs about 1 iteration/s at 128 px, so the
+YOLO checks fall short within 15 minutes: yolo-overfit reached 0.896 with 700 iterations and
+0.694 with 750 (darknet seeds its data order from the clock, so runs vary); yolo-generalise test
+AP50 0.000, 0.015, 0.085 and 0.106 at iterations 200, 400, 600 and 750 (13.7 min), still rising:
+0.5 needs thousands of iterations, an hour or more of this binary, minutes of a GPU build.
+
 Each check must finish within 15 minutes on 2 CPU cores (data making included; the figures are
 printed with the minutes taken). A check prints the per-epoch (per-100-iterations for darknet)
 learning curve, the final figures, and PASS or FAIL against its target; the script exits 1 when
