@@ -32,11 +32,17 @@ def _temp_for(path: Path):
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+    """Write ``data`` to ``path`` atomically. A failed write (a full disk) removes its temporary
+    file, so it holds no space, and leaves ``path`` as it was."""
     path = Path(path)
-    with _temp_for(path) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    tmp = _temp_for(path)
+    try:
+        with tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -65,3 +71,43 @@ def remove_stale_temps(folder: Path) -> int:
             tmp.unlink(missing_ok=True)
             count += 1
     return count
+
+
+def write_durable(path: Path, writer) -> None:
+    """Write ``path`` atomically and durably: ``writer(file)`` writes into an open binary
+    temporary file beside ``path``, which is flushed and fsynced before it is renamed over
+    ``path``; the folder is fsynced after the rename. After a crash or a power loss ``path`` is
+    the old file or the whole new one. Any failure (``ENOSPC``, ``EROFS``, an exception of
+    ``writer``) removes the temporary file and is re-raised, leaving ``path`` as it was."""
+    path = Path(path)
+    tmp_path = None
+    try:
+        with _temp_for(path) as tmp:
+            tmp_path = Path(tmp.name)
+            writer(tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if tmp_path is not None:
+            try:
+                tmp_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync ``folder`` so that a rename in it survives a power loss (a no-op where the file
+    system cannot: the rename itself has happened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

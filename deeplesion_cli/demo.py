@@ -188,6 +188,7 @@ def run_demo(out_dir: Path, options: DemoOptions = DemoOptions(),
     eval_dir = out / "eval"
     step(steps.evaluate_words(prepared, detections, split="test", out_dir=eval_dir))
     evaluation = steps.evaluate(prepared, detections, split="test", out_dir=eval_dir)
+    notes += evaluation.document.get("warnings", [])
 
     report_dir = out / "report"
     step(steps.report_words(list(runs.values()), [eval_dir], prepared, report_dir))

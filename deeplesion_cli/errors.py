@@ -37,6 +37,18 @@ class LesionRunError(LesionError, RuntimeError):
     exit_code = EXIT_RUN_FAILED
 
 
+class LesionInterrupted(LesionRunError):
+    """A run stopped on a signal (SIGTERM from a scheduler, SIGHUP, Ctrl-C) after saving what it
+    could; the message says what was kept and how to continue. ``exit_code`` is 128 + the
+    signal's number, as a shell reports a process the signal ended (143 for SIGTERM), so
+    schedulers and scripts see what happened."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + int(signum)
+
+
 def exit_code(exc: BaseException) -> int:
     """The exit code of ``exc``: its class's, 1 for anything not raised on purpose."""
     return getattr(exc, "exit_code", EXIT_RUN_FAILED) if isinstance(exc, LesionError) \

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from deeplesion_cli import atomic
+from deeplesion_cli.lock import locks, rank_zero
 from deeplesion_cli.errors import LesionInputError
 from deeplesion_cli.prepared import Prepared
 from deeplesion_cli.spec import darknet as darknet_spec
@@ -130,6 +131,7 @@ def _draw_curves(event) -> None:
         event.log(f"warning: could not draw {png.name}: {exc}")
 
 
+@locks("run_dir", "lesion train frcnn", when=rank_zero)
 def train_frcnn(prepared, run_dir, options=None, *, resume: bool = False,
                 overrides: dict | None = None, stop_after: int | None = None,
                 show_progress: bool = True, curves: bool = True):
@@ -173,7 +175,8 @@ def predict_frcnn(run, prepared, out_json, values: Mapping | None = None, *,
     return predict(run, prepared, out_json, split=v["split"], batch_size=v["batch_size"],
                    workers=v["workers"], device=v["device"], amp=v["amp"],
                    score_thresh=v["score_thresh"], detections_per_img=v["max_dets"],
-                   nms_iou=v["nms_iou"], show_progress=show_progress)
+                   nms_iou=v["nms_iou"], allow_other_render=v["allow_other_render"],
+                   show_progress=show_progress)
 
 
 def predict_frcnn_words(run, prepared, out_json, values: Mapping | None = None,
@@ -187,6 +190,7 @@ def predict_frcnn_words(run, prepared, out_json, values: Mapping | None = None,
 
 # ----------------------------------------------------------------------------------- darknet
 
+@locks("run_dir", "lesion train yolo")
 def train_yolo(prepared, cfg_path, run_dir, values: Mapping | None = None, *,
                resume: bool = False, show_progress: bool = True):
     """``lesion train yolo``: the real darknet, judged by lesion (weights written, rate > 0...)."""
@@ -195,7 +199,7 @@ def train_yolo(prepared, cfg_path, run_dir, values: Mapping | None = None, *,
     v = _values(darknet_spec.TRAIN_YOLO, values)
     return train(prepared, cfg_path, run_dir, weights=None if resume else v["weights"],
                  darknet=v["darknet"], gpus=v["gpus"], map=v["map"], resume=resume,
-                 show_progress=show_progress)
+                 show_progress=show_progress, clear=False if resume else v["clear"])
 
 
 def train_yolo_words(prepared, cfg_path, run_dir, values: Mapping | None = None,
@@ -203,6 +207,7 @@ def train_yolo_words(prepared, cfg_path, run_dir, values: Mapping | None = None,
     v = dict(values or {})
     if resume:
         v.pop("weights", None)
+        v.pop("clear", None)
     words = (_words(["train", "yolo"], [prepared], cwd)
              + ["--cfg", shell_path(cfg_path, cwd), "--out", shell_path(run_dir, cwd)]
              + darknet_spec.TRAIN_YOLO.words(v, cwd))
@@ -244,6 +249,7 @@ class Evaluation:
     written: list[Path] = field(default_factory=list)
 
 
+@locks("out_dir", "lesion eval")
 def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | None = None, *,
              split: str = "test", pred_format: str = "auto", names=None, out_dir=None,
              show_progress: bool = False) -> Evaluation:
@@ -251,7 +257,7 @@ def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | No
     each named detections file, score them side by side, and write metrics.json, tables and
     plots into ``out_dir`` when given."""
     from deeplesion_cli.evaluation.evaluate import EvalOptions, evaluate_runs
-    from deeplesion_cli.evaluation.outputs import resolve_ground_truth
+    from deeplesion_cli.evaluation.outputs import prepared_record, resolve_ground_truth
     from deeplesion_cli.formats.detections import read_detections, read_names
     from deeplesion_cli.formats.groundtruth import load_ground_truth
 
@@ -264,7 +270,8 @@ def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | No
     runs = {name: read_detections(path, gt, fmt=fmt, names=class_names)
             for name, path in predictions.items()}
     document = evaluate_runs(gt, runs, EvalOptions(**v), ground_truth_path=str(gt_path),
-                             show_progress=show_progress)
+                             show_progress=show_progress,
+                             prepared=prepared_record(ground_truth, gt_path))
     written = []
     if out_dir is not None:
         from deeplesion_cli.report.eval_outputs import write_eval_outputs
@@ -284,6 +291,7 @@ def evaluate_words(ground_truth, predictions: Mapping[str, Path], values: Mappin
 
 # ------------------------------------------------------------------------------------ report
 
+@locks("out_dir", "lesion report")
 def report(runs: Sequence[Path], evals: Sequence[Path], prepared, out_dir,
            values: Mapping | None = None):
     """``lesion report``: figures and tables of runs, evaluations and the prepared data."""

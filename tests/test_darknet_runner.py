@@ -510,7 +510,7 @@ def test_train_end_to_end(trained, prepared, base):
     # the command pjreddie got: no AlexeyAB flags, run-specific obj.data, cfg copy
     assert result.command[1:] == ["detector", "train", str(run / "obj.data"), str(run / "tiny.cfg")]
     data = dict(line.split(" = ") for line in (run / "obj.data").read_text().splitlines())
-    assert data["backup"] == str(run / "backup") and data["train"] == str(prepared / "train.txt")
+    assert data["backup"] == str(run / "backup") and data["train"] == str(run / "train.txt")
     assert data["classes"] == "1"
     # metrics.csv: one row per iteration, epochs from the number of training images
     rows = runlog.read_metrics(result.metrics_csv)

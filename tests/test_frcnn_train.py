@@ -51,7 +51,8 @@ def prepared_typed(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("frcnn_typed")
     synthesize(root / "synth", patients=8, seed=5, size_px=96, workers=1, show_progress=False)
-    prepare(root / "synth", root / "prep", PrepareOptions(task="typed", split="patient"),
+    prepare(root / "synth", root / "prep", PrepareOptions(task="typed", split="patient",
+                                                          ratios=(0.5, 0.5, 0.0)),
             show_progress=False)
     return root / "prep"
 

@@ -57,9 +57,9 @@ def test_at_threshold_hand_worked():
     assert high["images_without_detections"] == pytest.approx(2 / 3)
     # Threshold is inclusive: score .6 keeps d3.
     assert at_threshold(gt, dets, score=0.6)["tp"] == 2
-    # Nothing kept: precision 1.0 by convention, recall 0, F1 0.
+    # Nothing kept: precision undefined (0/0), recall 0, F1 0.
     none = at_threshold(gt, dets, score=0.95)
-    assert (none["precision"], none["recall"], none["f1"], none["mean_iou_tp"]) == (1.0, 0.0, 0.0,
+    assert (none["precision"], none["recall"], none["f1"], none["mean_iou_tp"]) == (None, 0.0, 0.0,
                                                                                     None)
     assert none["images_without_detections"] == 1.0
 
@@ -85,7 +85,7 @@ def test_best_f1_keeps_tied_scores_together():
     dets = make_dets([(0, 1, [100, 100, 10, 10], 0.9), (0, 1, SQ, 0.4)])
     assert best_f1(gt, dets)["score"] == 0.4  # .9 gives F1 0; .4 gives 2/3
     empty = best_f1(gt, Detections.empty())
-    assert (empty["score"], empty["tp"], empty["fn"]) == (1.0, 0, 1)
+    assert (empty["score"], empty["precision"], empty["tp"], empty["fn"]) == (None, None, 0, 1)
 
 
 def test_seed_protocol_hand_worked():

@@ -67,7 +67,7 @@ def cfg_(prepared, out_path, check_path, data_path, **params) -> None:
 
 
 def _check(check_path: Path, data_path: Path | None) -> None:
-    from deeplesion_cli.darknet.cfg import check_cfg, errors, parse_cfg
+    from deeplesion_cli.darknet.cfg import check_cfg, errors, read_cfg_file
     from deeplesion_cli.errors import LesionInputError
 
     data_classes = None
@@ -78,7 +78,7 @@ def _check(check_path: Path, data_path: Path | None) -> None:
         if not found:
             raise LesionInputError(f"{data_path}: no 'classes = N' line")
         data_classes = int(found.group(1))
-    problems = check_cfg(parse_cfg(check_path.read_text(), str(check_path)),
+    problems = check_cfg(read_cfg_file(check_path),
                          data_classes=data_classes)
     for problem in problems:
         click.echo(f"{check_path}:{problem}")
@@ -104,13 +104,17 @@ def train_yolo(prepared, cfg_path, run_dir, resume, **params) -> None:
     Validates the images, labels and cfg first (darknet's exit codes cannot be trusted), runs
     `darknet detector train` in RUN_DIR with only the flags the detected fork (pjreddie,
     AlexeyAB, hank-ai) understands, parses its output into metrics.csv, and judges the outcome
-    itself: final weights written, last iteration reached, average loss finite.
+    itself: final weights written, last iteration reached, average loss finite (darknet is
+    stopped at the first NaN). SIGTERM, SIGHUP and Ctrl-C stop darknet too (exit code 128 +
+    signal); --resume then continues from its last saved weights.
 
     \b
     Examples:
       lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo
       lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo --weights yolov4.conv.137 --map
       lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo --resume
+      lesion train yolo prepared/ --cfg yolo.cfg --out runs/yolo2 --clear \\
+          --weights runs/yolo/backup/yolo_final.weights
     """
     from deeplesion_cli import steps
 
@@ -138,6 +142,7 @@ def predict_yolo(prepared, cfg_path, weights, out_json, **params) -> None:
 
     pjreddie darknet: `detector valid` (its only machine-readable output); AlexeyAB/hank-ai:
     `detector test -out`. Boxes are in the prepared images' pixels, as the COCO ground truth.
+    --weights must be darknet weights of exactly the size the cfg's network needs.
 
     \b
     Examples:

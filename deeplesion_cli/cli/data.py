@@ -53,7 +53,8 @@ def synth(out: Path, patients: int, seed: int, size_px: int, newline: str, worke
                    "stratified by type. Default: patient for --task typed (the official train "
                    "rows have no types), official for --task universal.")
 @click.option("--ratios", default="0.7,0.15,0.15", show_default=True,
-              help="train,val,test shares for --split patient.")
+              help="train,val,test shares for --split patient, summing to 1; a share of 0 "
+                   "leaves that split empty (a share above 0 must get a patient).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of --split patient.")
 @click.option("--window", "windows", multiple=True, metavar="LO,HI|dicom",
               help="HU window to 8 bits (default -1024,3071). 'dicom' uses each row's "
@@ -77,7 +78,9 @@ def prepare(deeplesion_dir: Path, out: Path, task, split, ratios, seed, windows,
     Writes windowed 8-bit images with darknet labels beside them (train/, val/, test/), COCO
     json per split (coco/), train.txt/valid.txt/test.txt, obj.names, obj.data, data.yaml and
     manifest.json. Boxes are 0-based: the CSV's 1-based values minus 1, as the official code.
-    Re-running with the same inputs does nothing; an interrupted run, re-run, finishes the job.
+    Re-running with the same inputs does nothing (in a moved or copied folder it rewrites the
+    lists, obj.data and data.yaml for where the folder is now); an interrupted run, or one
+    stopped by a full disk, re-run, finishes the job.
 
     \b
     Examples:
@@ -101,6 +104,8 @@ def prepare(deeplesion_dir: Path, out: Path, task, split, ratios, seed, windows,
     result = run_prepare(deeplesion_dir, out, options, workers=workers, show_progress=not as_json)
     for warning in result.warnings:
         warn(warning)
+    for note in result.notes:
+        click.echo(note, err=True)
     if as_json:
         import json
 

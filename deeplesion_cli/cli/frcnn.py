@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from deeplesion_cli.cli.group import predict, train
+from deeplesion_cli.cli.group import predict, train, warn
 from deeplesion_cli.spec.frcnn import PREDICT_FRCNN, TRAIN_FRCNN
 
 
@@ -57,6 +57,8 @@ def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **params) -> None:
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     result = steps.train_frcnn(prepared, run_dir, options, resume=resume, overrides=overrides,
                                stop_after=stop_after)
+    for message in result.warnings:
+        warn(message)
     if not result.history:
         click.echo(f"nothing to do: {run_dir} has finished {result.epochs_done} epochs "
                    f"(raise --epochs to train longer)")
@@ -71,6 +73,8 @@ def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **params) -> None:
     if result.best_epoch is not None:
         click.echo(f"best {result.select} {result.best_value:.4f} at epoch {result.best_epoch}: "
                    f"{result.best_checkpoint}")
+    else:
+        click.echo(f"no best.pt: no epoch has a val {result.select}")
     click.echo(f"metrics: {result.metrics_csv}  last: {result.last_checkpoint}")
 
 
@@ -83,8 +87,10 @@ def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **params) -> None:
 def predict_frcnn(run_or_checkpoint, prepared, out_json, **params) -> None:
     """Run a trained Faster R-CNN over a split and write COCO results json.
 
-    RUN_OR_CHECKPOINT is a `lesion train frcnn` run folder (its best.pt, else last.pt) or a
-    checkpoint file. Boxes are [x, y, w, h] in the prepared images' pixels, as the ground truth.
+    RUN_OR_CHECKPOINT is a `lesion train frcnn` run folder (its best.pt when the run recorded a
+    best, else last.pt) or a checkpoint file; the output names the file used. PREPARED must make
+    its images as the training folder did (same --window, --context, --spacing). Boxes are
+    [x, y, w, h] in the prepared images' pixels, as the ground truth.
 
     \b
     Examples:
@@ -95,5 +101,9 @@ def predict_frcnn(run_or_checkpoint, prepared, out_json, **params) -> None:
 
     values = PREDICT_FRCNN.from_cli(params)
     result = steps.predict_frcnn(run_or_checkpoint, prepared, out_json, values)
+    for message in result.warnings:
+        warn(message)
+    epoch = f", epoch {result.epoch}" if result.epoch is not None else ""
     click.echo(f"wrote {result.n_detections} detections on {result.n_images} {values['split']} "
-               f"images to {result.out_json} ({result.checkpoint.name}, {result.seconds:.1f} s)")
+               f"images to {result.out_json} with {result.checkpoint}{epoch} "
+               f"({result.seconds:.1f} s)")

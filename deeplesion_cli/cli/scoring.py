@@ -15,14 +15,25 @@ from deeplesion_cli.spec.evaluation import EVAL, REPORT
 
 
 def _parse_preds(positional, named) -> dict[str, Path]:
+    """Run name -> detections file. A --pred name given twice, or equal to the name of a
+    positional file (its stem), is an error naming both files: one run would be lost. Positional
+    files sharing a stem are told apart by ``_`` suffixes."""
     runs: dict[str, Path] = {}
+    named_names = {item.partition("=")[0] for item in named}
     for item in named:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
             raise click.UsageError(f"--pred {item!r}: expected NAME=FILE, e.g. frcnn=dets.json")
+        if name in runs:
+            raise click.UsageError(f"--pred {name}: the run name {name!r} is given twice "
+                                   f"({runs[name]} and {file}); give each run its own name")
         runs[name] = Path(file)
     for file in positional:
         name = Path(file).stem
+        if name in named_names:
+            raise click.UsageError(f"{file}: its run name {name!r} (the file name's stem) is also "
+                                   f"a --pred name ({runs[name]}); name it with "
+                                   f"--pred OTHER={file}")
         while name in runs:
             name += "_"
         runs[name] = Path(file)
@@ -90,9 +101,11 @@ def eval_(ground_truth, predictions, named_preds, pred_format, names, split, out
         import json
 
         click.echo(json.dumps(result.document, indent=1))
-        return
-    print_summary(result.document, f"{result.ground_truth_path} ({result.n_images} images, "
-                                   f"{result.n_boxes} boxes)")
+    else:
+        print_summary(result.document, f"{result.ground_truth_path} ({result.n_images} images, "
+                                       f"{result.n_boxes} boxes)")
+    for warning in result.document.get("warnings", []):
+        warn(warning)
 
 
 @main.command("report")

@@ -10,6 +10,8 @@ importable from here as well, so a caller needs one import for a cfg and its che
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from deeplesion_cli.darknet.cfg_model import (
     ALIASES,
     Cfg,
@@ -26,13 +28,15 @@ from deeplesion_cli.darknet.cfg_model import (
     resolve_index,
     weights_floats,
 )
+from deeplesion_cli.errors import LesionInputError
 
 # The model's names are re-exported: one import serves a cfg and its checks.
 __all__ = [
     "AB_ONLY_ACTIVATIONS", "AB_ONLY_SECTIONS", "ALIASES", "DETECTION_TYPES", "KNOWN_SECTIONS",
     "PJ_ACTIVATIONS", "PJ_KEYS", "PJ_SECTIONS", "Cfg", "LayerShape", "Problem", "Section",
     "c_atof", "c_atoi", "c_div", "canonical_type", "check_cfg", "errors", "known_shape",
-    "layer_shapes", "parse_cfg", "pjreddie_problems", "resolve_index", "weights_floats",
+    "layer_shapes", "parse_cfg", "read_cfg_file", "CfgFileError", "pjreddie_problems",
+    "resolve_index", "weights_floats",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +161,25 @@ def check_cfg(cfg: Cfg, data_classes: int | None = None,
 def errors(problems: list[Problem]) -> list[Problem]:
     """The problems of severity ``error`` (those that stop a run)."""
     return [p for p in problems if p.severity == "error"]
+
+
+class CfgFileError(LesionInputError):
+    """A file given as a cfg that is not a text cfg (a weights file, an image...): exit 2."""
+
+
+def read_cfg_file(path) -> Cfg:
+    """Parse the cfg file ``path``; :class:`CfgFileError` naming it when it is not UTF-8 text
+    (a binary file: darknet would read garbage sections from it)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+        bad = data.find(b"\0")
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    if bad >= 0:
+        raise CfgFileError(f"{path}: not a text cfg file (byte {bad} is 0x{data[bad]:02x}, not "
+                           "UTF-8 text): give the .cfg, not a weights or image file")
+    return parse_cfg(text, str(path))
 
 
 def _check_net(net: Section) -> list[Problem]:

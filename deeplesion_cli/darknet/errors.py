@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplesion_cli.errors import LesionError, LesionInputError, LesionRunError
+from deeplesion_cli.errors import LesionError, LesionInputError, LesionInterrupted, LesionRunError
 
 #: how many input problems a DarknetInputError lists before counting the rest
 MAX_PROBLEMS_SHOWN = 20
@@ -59,3 +59,8 @@ class DarknetRunError(DarknetError, LesionRunError):
                      f"{log_path if log_path else 'its output'}:\n    "
                      + "\n    ".join(self.log_tail))
         super().__init__(text)
+
+
+class DarknetInterrupted(DarknetError, LesionInterrupted):
+    """``lesion`` got SIGTERM, SIGHUP or SIGINT while darknet ran; darknet got it too and has
+    stopped (exit code 128 + the signal's number)."""

@@ -246,9 +246,45 @@ def resolve_list(prepared_dir: Path, spec) -> Path:
     return path if path.is_absolute() else prepared_dir / path
 
 
+def relocated_list(prepared_dir, split: str, out_dir) -> Path:
+    """Write ``split``'s image list, valid for the prepared folder's *current* location, into
+    ``out_dir`` (same file name, e.g. ``<run>/train.txt``) and return its path.
+
+    A prepared folder's lists hold absolute paths, so a copied or moved folder still names the
+    original's images (darknet would train on those, or fail once they are gone). Each line
+    naming a file outside the folder is re-rooted to the folder's ``<split>/`` image folder
+    (:meth:`~deeplesion_cli.prepared.Prepared.image_dir`) when an image of that name is there;
+    other lines are kept as they are, blank ones included, so line numbers stay those of the
+    prepared list and :func:`validate_inputs` reports what remains wrong. A list that cannot
+    be read or decoded is not copied: its own path is returned, for the validation to report.
+    """
+    prepared = Prepared(prepared_dir)
+    source = prepared.list_path(split)
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return source
+    root = Path(prepared_dir).resolve()
+    image_dir = prepared.image_dir(split).resolve()
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = []
+    for line in (line[:-1] if line.endswith("\r") else line for line in lines):
+        path = Path(line)
+        if line and not (path.is_absolute() and path.is_relative_to(root)):
+            candidate = image_dir / path.name
+            if candidate.is_file():
+                line = str(candidate)
+        out.append(line)
+    target = Path(out_dir) / source.name
+    atomic.write_text(target, "".join(f"{line}\n" for line in out))
+    return target
+
+
 def validate_inputs(prepared_dir, cfg_path, lists=("train",), fork: str = "pjreddie",
                     backup_dir=None, check_labels: bool = True,
-                    unique_ids: bool = False) -> InputSummary:
+                    unique_ids: bool = False, list_sources=None) -> InputSummary:
     """Check everything darknet would mishandle, before launching it (docs/darknet.md key
     fact 2).
 
@@ -259,7 +295,8 @@ def validate_inputs(prepared_dir, cfg_path, lists=("train",), fork: str = "pjred
     ``check_labels``: the label ``.txt`` the fork derives is the one beside the image and
     exists; each line is ``class cx cy w h`` with ``class < classes`` of the cfg and the four
     numbers in (0, 1]. ``unique_ids``: image names up to their first ``.`` are unique (darknet's
-    image id in ``detector valid``). Also: the cfg reads (:func:`read_cfg`) and suits the fork
+    image id in ``detector valid``). ``list_sources``: list path -> the file messages name
+    instead (the prepared list a :func:`relocated_list` was written from). Also: the cfg reads (:func:`read_cfg`) and suits the fork
     (:func:`cfg_fork_problems`), ``obj.names`` has one name per class, and ``backup_dir`` (if
     given) exists or is created.
 
@@ -274,11 +311,12 @@ def validate_inputs(prepared_dir, cfg_path, lists=("train",), fork: str = "pjred
     for spec in lists:
         list_path = resolve_list(prepared_dir, spec)
         entries, list_problems = read_list(list_path)
-        problems += list_problems
+        shown = (list_sources or {}).get(str(list_path), list_path)
+        problems += [p.replace(str(list_path), str(shown), 1) for p in list_problems]
         counts[str(list_path)] = len(entries)
         seen_ids: dict[str, int] = {}
         for number, image in entries:
-            where = f"{list_path}:{number}: {image}"
+            where = f"{shown}:{number}: {image}"
             problems += [f"{where}: {p}" for p in _path_problems(image, fork, check_labels)]
             path = Path(image)
             if not path.is_absolute():

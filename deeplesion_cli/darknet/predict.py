@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from deeplesion_cli.darknet.binary import FORK_NAMES, FORKS, detect_fork, find_darknet
-from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetOptionError,
-                                           DarknetRunError)
-from deeplesion_cli.darknet.inputs import (SPLIT_ALIASES, data_file_problems, read_list,
-                                           validate_inputs, write_data_file)
-from deeplesion_cli.darknet.process import describe_returncode, run_darknet
+from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetInterrupted,
+                                           DarknetOptionError, DarknetRunError)
+from deeplesion_cli.darknet.inputs import (SPLIT_ALIASES, data_file_problems, read_cfg, read_list,
+                                           relocated_list, validate_inputs, write_data_file)
+from deeplesion_cli.darknet.process import describe_returncode, run_darknet, signal_name
+from deeplesion_cli.darknet.weights import weights_problems
 from deeplesion_cli.formats.darknet_results import darknet_id
 from deeplesion_cli.prepared import LIST_NAMES, Prepared, PreparedError
 from deeplesion_cli.progress import Progress
@@ -65,6 +66,13 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
     process runs in a scratch folder, deleted on success and kept (named in the error) on
     failure. The output is checked: every listed image appears in the JSON (AB/HK), every class
     file exists (pjreddie).
+
+    Checked before darknet starts: ``weights`` is a darknet weights file of exactly the size
+    the cfg's network needs (:func:`~deeplesion_cli.darknet.weights.weights_problems`; darknet
+    itself would load a cfg or text file as garbage and detect nothing), and the split's list
+    is re-rooted to the prepared folder's current location
+    (:func:`~deeplesion_cli.darknet.inputs.relocated_list`). SIGTERM, SIGHUP and SIGINT stop
+    darknet too and raise :class:`DarknetInterrupted`.
     """
     from deeplesion_cli.formats.detections import read_detections, read_names, \
         write_coco_results
@@ -93,24 +101,33 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
                 else prepared_dir / "predictions" / f"yolo_{split}.json")
     if not np.isfinite(thresh) or thresh < 0:
         raise DarknetOptionError(f"thresh {thresh!r}: expected a non-negative number")
-
-    summary = validate_inputs(prepared_dir, cfg_path, [split], fork=fork, check_labels=False,
-                              unique_ids=True)
-    n_images = summary.images[str(list_path)]
-    try:
-        gt = load_ground_truth(gt_path)
-        names = read_names(names_path)
-    except EvalInputError as exc:
-        raise DarknetInputError([str(exc)]) from None
+    cfg = read_cfg(cfg_path)
+    problems = weights_problems(weights, cfg.cfg, cfg_path, whole=True)
+    if problems:
+        raise DarknetInputError(problems, "weights")
 
     scratch = Path(tempfile.mkdtemp(prefix=f"lesion-darknet-predict-{split}-"))
+    try:
+        # the split's list for the prepared folder's current location (copied or moved)
+        source_list, list_path = list_path, relocated_list(prepared_dir, split, scratch)
+        summary = validate_inputs(prepared_dir, cfg_path, [list_path], fork=fork,
+                                  check_labels=False, unique_ids=True,
+                                  list_sources={str(list_path): source_list})
+        gt = load_ground_truth(gt_path)
+        names = read_names(names_path)
+        problems = data_file_problems({"valid": list_path, "names": names_path,
+                                       "results": scratch / "results"})
+        if problems:
+            raise DarknetInputError(problems, "predict paths")
+    except EvalInputError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise DarknetInputError([str(exc)]) from None
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    n_images = summary.images[str(list_path)]
     log_path = scratch / "darknet.log"
     data_path = scratch / "predict.data"
-    problems = data_file_problems({"valid": list_path, "names": names_path,
-                                   "results": scratch / "results"})
-    if problems:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise DarknetInputError(problems, "predict paths")
     data = {"classes": summary.cfg.classes, "train": list_path, "valid": list_path,
             "names": names_path}
     results = scratch / "results"
@@ -142,6 +159,13 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
 
     with progress:
         outcome = run_darknet(cmd, scratch, log_path, stdin_path=stdin_path, on_line=on_line)
+    if outcome.signum is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        name = signal_name(outcome.signum)
+        raise DarknetInterrupted(f"darknet prediction ({FORK_NAMES[fork]}, {split}) stopped by "
+                                 f"{name}; darknet got {name} too and has exited "
+                                 f"({describe_returncode(outcome.returncode)}); {out_json} was "
+                                 "not written", outcome.signum)
 
     reasons = []
     if outcome.returncode != 0:

@@ -8,16 +8,20 @@ records (:class:`RunOutcome`: iterations, mAP lines, error lines, saved weights)
 exit code alone (:mod:`.train`'s ``judge_training``). Every darknet process runs in its own
 working directory (darknet drops ``bad.list``, ``predictions.jpg``, ``chart.png`` ... into its
 CWD, docs/darknet.md 11) with ``OMP_WAIT_POLICY=passive`` (OpenMP spinning slows a shared CPU
-2-5x, docs/darknet.md 1).
+2-5x, docs/darknet.md 1). It runs in a session of its own, so ``lesion`` passes SIGTERM, SIGHUP
+and SIGINT on to it and waits for it: no darknet outlives the ``lesion`` that started it
+(docs/darknet.md 16).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +31,10 @@ from deeplesion_cli.darknet import log as dlog
 
 #: lines of darknet.log quoted in a DarknetRunError
 LOG_TAIL_LINES = 20
+#: signals to ``lesion`` that are passed on to a running darknet (docs/darknet.md 16)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: seconds darknet has to exit after a forwarded signal or a stop, before it is killed
+STOP_GRACE_S = 10
 
 
 def child_env() -> dict[str, str]:
@@ -63,6 +71,8 @@ class RunOutcome:
     saved: list = field(default_factory=list)           # dlog.SavedWeights
     warnings: list = field(default_factory=list)        # "Unused field" and the like
     seconds: float = 0.0
+    signum: int | None = None      # SIGTERM/SIGHUP/SIGINT lesion got and passed on to darknet
+    stopped: str | None = None     # why lesion stopped darknet (stop_on), e.g. a NaN loss
 
     @property
     def last_iteration(self):
@@ -99,12 +109,21 @@ def describe_returncode(rc: int) -> str:
 
 
 def run_darknet(cmd: list[str], cwd: Path, log_path: Path, stdin_path: Path | None = None,
-                on_event=None, on_line=None, append_log: bool = False) -> RunOutcome:
+                on_event=None, on_line=None, append_log: bool = False,
+                stop_on=None) -> RunOutcome:
     """Run ``cmd`` in ``cwd`` (stdout and stderr merged), writing clean lines to ``log_path``
     and calling ``on_event(event)`` for each parsed :mod:`~deeplesion_cli.darknet.log` event.
 
-    The child runs in its own session; on KeyboardInterrupt (or any error here) it is
-    terminated, then killed, before the exception propagates.
+    The child runs in its own session (so a terminal's Ctrl-C does not reach it directly).
+    While it runs, SIGTERM, SIGHUP and SIGINT sent to this process are passed on to the child's
+    process group (:data:`FORWARDED_SIGNALS`), the child is waited for (killed after
+    :data:`STOP_GRACE_S` seconds), a ``lesion:`` line saying so ends ``darknet.log`` and the
+    outcome's ``signum`` is set: the caller raises
+    :class:`~deeplesion_cli.darknet.errors.DarknetInterrupted` (exit code 128 + signal). The
+    previous handlers are restored afterwards. ``stop_on(event)``: a reason to stop darknet now
+    (e.g. a NaN average loss), or None; the child is then terminated the same way and the
+    reason kept in ``outcome.stopped``. On any exception here the child is terminated, then
+    killed, before the exception propagates.
     """
     outcome = RunOutcome(returncode=0, log_path=log_path)
     start = time.monotonic()
@@ -113,33 +132,144 @@ def run_darknet(cmd: list[str], cwd: Path, log_path: Path, stdin_path: Path | No
     try:
         log.write("$ " + " ".join(_quote(c) for c in cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(_line_buffered(cmd), cwd=cwd, stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=child_env(),
-                                start_new_session=True)
-        try:
-            splitter = dlog.LineSplitter()
-            fd = proc.stdout.fileno()
-            while True:
-                chunk = os.read(fd, 65536)
-                lines = splitter.feed(chunk) if chunk else splitter.close()
-                for line in lines:
-                    _handle_line(line, outcome, log, on_event, on_line)
-                if lines:
-                    log.flush()
-                if not chunk:
-                    break
-            outcome.returncode = proc.wait()
-        except BaseException:
-            _stop(proc)
-            raise
-        finally:
-            proc.stdout.close()
+        with _Forwarder() as forwarder:
+            proc = subprocess.Popen(_line_buffered(cmd), cwd=cwd, stdin=stdin,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=child_env(), start_new_session=True)
+            try:
+                forwarder.attach(proc)
+                _pump(proc, outcome, log, forwarder, on_event, on_line, stop_on)
+                outcome.returncode = _wait(proc, forwarder)
+            except BaseException:
+                _stop(proc)
+                raise
+            finally:
+                proc.stdout.close()
+            outcome.signum = forwarder.signum
+        note = _outcome_note(outcome)
+        if note:
+            log.write(note + "\n")
     finally:
         log.close()
         if stdin is not subprocess.DEVNULL:
             stdin.close()
     outcome.seconds = time.monotonic() - start
     return outcome
+
+
+def _pump(proc, outcome: RunOutcome, log, forwarder: "_Forwarder", on_event, on_line,
+          stop_on) -> None:
+    """Read the child's output to its end, stopping the child when ``stop_on`` says so and
+    killing it when it outlives its grace period after a stop or a forwarded signal."""
+    splitter = dlog.LineSplitter()
+    fd = proc.stdout.fileno()
+    while True:
+        forwarder.check_deadline()
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        lines = splitter.feed(chunk) if chunk else splitter.close()
+        for line in lines:
+            event = _handle_line(line, outcome, log, on_event, on_line)
+            if (event is not None and stop_on is not None and outcome.stopped is None
+                    and forwarder.signum is None):
+                reason = stop_on(event)
+                if reason:
+                    outcome.stopped = reason
+                    forwarder.stop(signal.SIGTERM)
+        if lines:
+            log.flush()
+        if not chunk:
+            break
+
+
+def _wait(proc: subprocess.Popen, forwarder: "_Forwarder") -> int:
+    """The child's exit status, killing it if it outlives its grace period after a stop."""
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            forwarder.check_deadline()
+
+
+def _outcome_note(outcome: RunOutcome) -> str | None:
+    """The ``lesion:`` line that ends darknet.log when lesion stopped darknet."""
+    last = outcome.last_iteration
+    where = f"after iteration {last.iteration}" if last is not None else "before any iteration"
+    if outcome.signum is not None:
+        return (f"lesion: got {signal_name(outcome.signum)} {where} and passed it on to "
+                f"darknet: {describe_returncode(outcome.returncode)}")
+    if outcome.stopped is not None:
+        return (f"lesion: stopped darknet {where} ({outcome.stopped}): "
+                f"{describe_returncode(outcome.returncode)}")
+    return None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _Forwarder:
+    """While darknet runs: the handlers of :data:`FORWARDED_SIGNALS` pass each signal on to
+    darknet's process group and remember the first; the child gets :data:`STOP_GRACE_S` seconds
+    to exit before it is killed. Handlers are installed only in the main thread (Python allows
+    no other) and restored on exit."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.signum: int | None = None
+        self.deadline: float | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "_Forwarder":
+        if threading.current_thread() is threading.main_thread():
+            for signum in FORWARDED_SIGNALS:
+                try:
+                    self.previous[signum] = signal.signal(signum, self._handle)
+                except (OSError, ValueError):  # pragma: no cover - not settable here
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def attach(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        if self.signum is not None:  # it came while the child was starting
+            self.stop(self.signum)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.stop(signum)
+
+    def stop(self, signum: int) -> None:
+        """Send ``signum`` to the child's process group and start its grace period."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + STOP_GRACE_S
+        if self.proc is not None and self.proc.poll() is None:
+            _signal_group(self.proc, signum)
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            if self.proc is not None and self.proc.poll() is None:
+                _signal_group(self.proc, signal.SIGKILL)
+            self.deadline = None
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:  # pragma: no cover - already gone
+            pass
 
 
 def outcome_from_log(log_path, returncode: int = 0) -> RunOutcome:
@@ -178,7 +308,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _handle_line(line: str, outcome: RunOutcome, log, on_event, on_line) -> None:
+def _handle_line(line: str, outcome: RunOutcome, log, on_event, on_line):
     log.write(line + "\n")
     outcome.lines += 1
     outcome.tail.append(line)
@@ -187,3 +317,4 @@ def _handle_line(line: str, outcome: RunOutcome, log, on_event, on_line) -> None
     event = outcome.record(line)
     if event is not None and on_event is not None:
         on_event(event)
+    return event

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +29,15 @@ import numpy as np
 from deeplesion_cli import runlog
 from deeplesion_cli.darknet import log as dlog
 from deeplesion_cli.darknet.binary import FORK_NAMES, FORKS, detect_fork, find_darknet
-from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetOptionError,
-                                           DarknetRunError)
-from deeplesion_cli.darknet.inputs import (CfgSummary, data_file_problems, validate_inputs,
-                                           write_data_file)
-from deeplesion_cli.darknet.process import RunOutcome, describe_returncode, run_darknet
+from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetInterrupted,
+                                           DarknetOptionError, DarknetRunError)
+from deeplesion_cli.darknet.inputs import (CfgSummary, data_file_problems, read_cfg,
+                                           relocated_list, validate_inputs, write_data_file)
+from deeplesion_cli.darknet.process import (RunOutcome, describe_returncode, run_darknet,
+                                            signal_name)
 from deeplesion_cli.darknet.runargs import write_run_args
+from deeplesion_cli.darknet.weights import (start_iteration, weights_images_seen,
+                                            weights_problems)
 from deeplesion_cli.prepared import Prepared
 from deeplesion_cli.progress import Progress
 
@@ -68,14 +70,20 @@ def weights_paths(backup_dir: Path, base: str, fork: str) -> dict[str, Path]:
 
 
 def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: bool = False,
-                  gpus: str | None = None) -> list[str]:
+                  gpus: str | None = None, clear: bool = False) -> list[str]:
     """``darknet detector train`` for ``fork``, with only the flags that fork knows (an unknown
-    flag would become the weights path in pjreddie, docs/darknet.md 4)."""
+    flag would become the weights path in pjreddie, docs/darknet.md 4). ``clear``: ``-clear``
+    (all three forks: the weights' images-seen count starts again from 0, docs/darknet.md 16)."""
     if fork not in FORKS:
         raise DarknetOptionError(f"fork {fork!r}: expected one of {', '.join(FORKS)}")
     cmd = [str(binary), "detector", "train", str(data_path), str(cfg_path)]
     if weights is not None:
         cmd.append(str(weights))
+    if clear:
+        if weights is None:
+            raise DarknetOptionError("-clear resets the images-seen count of initial weights; "
+                                     "there are none")
+        cmd.append("-clear")
     if fork in ("alexeyab", "hankai"):
         cmd.append("-dont_show")
         if map:
@@ -95,7 +103,7 @@ def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path,
     iteration (the run never left its ``burn_in`` warm-up: weights barely moved); last iteration
     < ``max_batches``; ``final_weights`` missing."""
     reasons = []
-    if outcome.returncode != 0:
+    if outcome.returncode != 0 and outcome.stopped is None:
         reasons.append(describe_returncode(outcome.returncode))
     kinds = {"out-of-memory": "out of memory", "missing-file": "a file is missing",
              "bad-data": "bad training data", "error": "darknet reported an error"}
@@ -107,9 +115,14 @@ def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path,
         reasons.append(f"{kinds[problem.kind]}: {problem.message[:300]}")
     diverged = next((it for it in outcome.iterations if it.diverged), None)
     if diverged is not None:
+        stopped = ", so lesion stopped darknet there" if outcome.stopped is not None else ""
         reasons.append(f"the average loss became {diverged.avg_loss} at iteration "
-                       f"{diverged.iteration}: training diverged (lower learning_rate, raise "
-                       "burn_in, or check the labels)")
+                       f"{diverged.iteration}{stopped}: training diverged (lower learning_rate "
+                       "(`lesion cfg --lr`), raise burn_in (`--burn-in`), or check the labels)")
+    elif outcome.stopped is not None:
+        reasons.append(f"lesion stopped darknet: {outcome.stopped}")
+    if outcome.stopped is not None:
+        return reasons  # the rest (no final weights, iterations short) follows from the stop
     if outcome.iterations and all(it.rate == 0 for it in outcome.iterations):
         first, last_it = outcome.iterations[0].iteration, outcome.iterations[-1].iteration
         cause = (f"burn_in={burn_in} warm-up ramps the rate as learning_rate x (iteration / "
@@ -153,16 +166,23 @@ def _gpu_list(gpus) -> str | None:
 
 
 def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None,
-          map: bool = False, resume: bool = False, show_progress: bool = True) -> TrainResult:
+          map: bool = False, resume: bool = False, show_progress: bool = True,
+          clear: bool = False) -> TrainResult:
     """Train a darknet detector on a prepared folder and check that it really trained.
 
-    ``run_dir`` receives: a copy of the cfg, ``obj.data`` (absolute paths, ``backup`` =
-    ``run_dir/backup``), ``args.json`` (:mod:`.runargs`: written before darknet starts,
+    ``run_dir`` receives: a copy of the cfg, the run's own ``train.txt`` and ``valid.txt``
+    (the prepared lists re-rooted to the folder's current location,
+    :func:`~deeplesion_cli.darknet.inputs.relocated_list`), ``obj.data`` (absolute paths,
+    ``backup`` = ``run_dir/backup``), ``args.json`` (:mod:`.runargs`: written before darknet starts,
     rewritten on resume), ``darknet.log`` (the clean console), ``metrics.csv``
     (:mod:`deeplesion_cli.runlog`, one row per iteration) and ``backup/<cfgbase>_final.weights``.
     darknet runs with ``run_dir`` as its working folder.
 
-    ``weights``: initial weights (a pretrained backbone such as ``yolov3-tiny.conv.11``).
+    ``weights``: initial weights (a pretrained backbone such as ``yolov3-tiny.conv.11``),
+    checked first (:func:`~deeplesion_cli.darknet.weights.weights_problems`); weights whose
+    images-seen count already reaches ``max_batches`` (a finished run's) are refused unless
+    ``clear`` (darknet's ``-clear``: count from 0), and weights that have seen fewer start
+    darknet at a later iteration, with a warning. Nothing is written before these checks.
     ``map``: evaluate mAP@0.5 on the val list during training (AlexeyAB / hank-ai ``-map``; the
     values go to ``val_mAP50``); pjreddie cannot, which is an error. ``resume``: continue from
     ``backup/<cfgbase>_last.weights`` (AlexeyAB / hank-ai) or ``backup/<cfgbase>.backup``
@@ -171,9 +191,12 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     iteration it restarts at on are replaced, and darknet.log is appended to. ``gpus``: GPU
     indices (``"0,1"`` or ``[0, 1]``) for ``-gpus``.
 
+    darknet is stopped at the first NaN or infinite average loss. SIGTERM, SIGHUP and SIGINT
+    reach darknet too (:func:`~deeplesion_cli.darknet.process.run_darknet`).
+
     Raises :class:`DarknetNotFound`, :class:`DarknetOptionError`, :class:`DarknetInputError`
-    (before launching) or :class:`DarknetRunError` (after: see :func:`judge_training`; the run
-    folder is kept).
+    (before launching), :class:`DarknetInterrupted` (a signal: exit code 128 + its number) or
+    :class:`DarknetRunError` (after: see :func:`judge_training`; the run folder is kept).
     """
     binary = find_darknet(darknet)
     fork = detect_fork(binary)
@@ -192,38 +215,47 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
         raise DarknetInputError([f"{weights}: weights file not found (pjreddie would exit 0 "
                                  "without training, hank-ai would silently train from "
                                  "scratch)"], "weights")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if clear and (weights is None or resume):
+        raise DarknetOptionError("--clear restarts the images-seen count of --weights in a "
+                                 "fresh run; " + ("a resumed run keeps its own count"
+                                                  if resume else "give --weights"))
+    # first the checks that read only: a refused run writes nothing into its folder
+    cfg = read_cfg(cfg_source)
+    warnings = _check_initial_weights(Path(weights), cfg, clear) if weights is not None else []
     backup_dir = run_dir / "backup"
     cfg_copy = run_dir / cfg_source.name
     data_path = run_dir / "obj.data"
     log_path = run_dir / "darknet.log"
     metrics_path = run_dir / "metrics.csv"
     prepared = Prepared(prepared_dir)
-    train_list = prepared.list_path("train")
-    valid_list = prepared.list_path("val")
     names_path = prepared.names_path
-
-    problems = data_file_problems({"train": train_list, "valid": valid_list,
-                                   "names": names_path, "backup": backup_dir})
+    problems = data_file_problems({"train": run_dir / "train.txt", "names": names_path,
+                                   "backup": backup_dir})
     if problems:
         raise DarknetInputError(problems, "run paths")
-    lists = ["train", "val"] if map else ["train"]
-    summary = validate_inputs(prepared_dir, cfg_source, lists, fork=fork, backup_dir=backup_dir)
-    cfg = summary.cfg
-    n_train = summary.images[str(train_list)]
     paths = weights_paths(backup_dir, cfg.base, fork)
     final_weights = paths["final"]
-
     initial_weights = Path(weights).resolve() if weights is not None else None
     start_weights = initial_weights
     if resume:
-        start_weights = _resume_weights(paths, metrics_path, cfg, fork)
+        start_weights = _resume_weights(paths, metrics_path, cfg, fork, log_path)
     else:
         existing = sorted(backup_dir.glob("*.weights")) + sorted(backup_dir.glob("*.backup"))
         if existing:
             raise DarknetOptionError(f"{run_dir} already holds trained weights "
                                      f"({existing[0].name}); resume it (--resume) or choose a "
                                      "new run folder")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # the run's own lists, valid wherever the prepared folder now is (copied or moved)
+    train_list = relocated_list(prepared_dir, "train", run_dir)
+    valid_list = relocated_list(prepared_dir, "val", run_dir)
+    sources = {str(train_list): prepared.list_path("train"),
+               str(valid_list): prepared.list_path("val")}
+    lists = [train_list, valid_list] if map else [train_list]
+    summary = validate_inputs(prepared_dir, cfg_source, lists, fork=fork, backup_dir=backup_dir,
+                              list_sources=sources)
+    n_train = summary.images[str(train_list)]
 
     if cfg_copy != cfg_source:
         shutil.copyfile(cfg_source, cfg_copy)
@@ -236,7 +268,8 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     if not resume:
         metrics_path.unlink(missing_ok=True)
 
-    cmd = train_command(binary, fork, data_path, cfg_copy, start_weights, map, gpu_list)
+    cmd = train_command(binary, fork, data_path, cfg_copy, start_weights, map, gpu_list,
+                        clear=clear and not resume)
     stdin_path = None
     if fork == "hankai":
         stdin_path = run_dir / ".stdin-yes"
@@ -245,11 +278,13 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     state = _TrainState(metrics_path, n_train, cfg.max_batches, resume, show_progress)
     try:
         outcome = run_darknet(cmd, run_dir, log_path, stdin_path=stdin_path,
-                              on_event=state.on_event, append_log=resume)
+                              on_event=state.on_event, append_log=resume, stop_on=_diverged)
     finally:
         state.close()
         if stdin_path is not None:
             stdin_path.unlink(missing_ok=True)
+    if outcome.signum is not None:
+        raise _interrupted(outcome, fork, cfg, paths, run_dir)
     reasons = judge_training(outcome, cfg.max_batches, final_weights, cfg.burn_in)
     if reasons:
         raise DarknetRunError(f"darknet training ({FORK_NAMES[fork]})", reasons,
@@ -257,28 +292,64 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     last = outcome.last_iteration
     return TrainResult(run_dir, final_weights, last.iteration, last.avg_loss, metrics_path, fork,
                        log_path, cfg_copy, data_path, cmd, outcome.seconds,
-                       outcome.iterations[0].iteration, outcome.warnings)
+                       outcome.iterations[0].iteration, warnings + outcome.warnings)
 
 
-def weights_images_seen(path) -> int | None:
-    """Images a weights file has been trained on (darknet's ``seen`` in the header: three int32
-    ``major, minor, revision``, then ``seen`` as uint64 when ``major * 10 + minor >= 2``, else as
-    int32). None if the file is too short to hold a header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError:
-        return None
-    if len(head) < 16:
-        return None
-    major, minor, _revision = struct.unpack("<iii", head[:12])
-    if major * 10 + minor >= 2 and major < 1000 and minor < 1000:
-        return struct.unpack("<Q", head[12:20])[0] if len(head) == 20 else None
-    return struct.unpack("<i", head[12:16])[0]
+def _diverged(event) -> str | None:
+    """``stop_on`` of training: the first NaN or infinite average loss ends the run (as the
+    Faster R-CNN path does); :func:`judge_training` then says what to change."""
+    if isinstance(event, dlog.Iteration) and event.diverged:
+        return f"average loss {event.avg_loss} at iteration {event.iteration}"
+    return None
+
+
+def _interrupted(outcome: RunOutcome, fork: str, cfg: CfgSummary, paths: dict[str, Path],
+                 run_dir: Path) -> DarknetInterrupted:
+    """The error of a run stopped by a signal: where it stopped and how to go on."""
+    last = outcome.last_iteration
+    where = (f"at iteration {last.iteration} of {cfg.max_batches}" if last is not None
+             else "before its first iteration")
+    saved = [p for p in (paths["resume"], paths["final"]) if p.is_file()]
+    if saved:
+        seen = weights_images_seen(saved[-1])
+        at = (f" (iteration {start_iteration(seen, cfg.batch)})" if seen is not None else "")
+        hint = (f"`lesion train yolo ... --out {run_dir} --resume` continues from "
+                f"{saved[-1]}{at}")
+    else:
+        every = "100 iterations" if fork == "pjreddie" else "savelast (100) iterations"
+        hint = (f"darknet saved no weights yet ({FORK_NAMES[fork]} saves "
+                f"{paths['resume'].name} every {every}): run it again without --resume")
+    name = signal_name(outcome.signum)
+    return DarknetInterrupted(
+        f"darknet training ({FORK_NAMES[fork]}) stopped by {name} {where}; darknet got "
+        f"{name} too and has exited ({describe_returncode(outcome.returncode)}); {hint}. "
+        f"Log: {outcome.log_path}", outcome.signum)
+
+
+def _check_initial_weights(weights: Path, cfg: CfgSummary, clear: bool) -> list[str]:
+    """Refuse initial weights darknet would misread or train nothing from; warn when they
+    make darknet start at a later iteration."""
+    problems = weights_problems(weights, cfg.cfg, cfg.path, whole=False)
+    if problems:
+        raise DarknetInputError(problems, "weights")
+    seen = weights_images_seen(weights) or 0
+    first = start_iteration(seen, cfg.batch)
+    if clear or first == 0:
+        return []
+    if first >= cfg.max_batches:
+        raise DarknetOptionError(
+            f"{weights} has been trained on {seen} images = {first} iterations of "
+            f"batch={cfg.batch}, which reaches max_batches={cfg.max_batches} of {cfg.path}: "
+            "darknet would continue counting from there and train 0 iterations. Add --clear "
+            "to train from these weights with the count restarted at 0 (darknet's -clear), or "
+            "raise max_batches; to continue a run of lesion, use --resume on its folder")
+    return [f"{weights} has been trained on {seen} images, so darknet starts at iteration "
+            f"{first + 1} of {cfg.max_batches} (burn_in and steps counted from there); add "
+            "--clear to start from iteration 1"]
 
 
 def _resume_weights(paths: dict[str, Path], metrics_path: Path, cfg: CfgSummary,
-                    fork: str) -> Path:
+                    fork: str, log_path: Path) -> Path:
     final, last = paths["final"], paths["resume"]
     if final.is_file():
         done = 0
@@ -294,8 +365,10 @@ def _resume_weights(paths: dict[str, Path], metrics_path: Path, cfg: CfgSummary,
         return final
     if last.is_file():
         return last
+    started = (" (the run stopped before darknet saved any)" if log_path.is_file() else "")
     raise DarknetOptionError(f"nothing to resume from: no {last} (darknet writes it every 100 "
-                             f"iterations) and no {final}")
+                             f"iterations) and no {final}{started}; run it again without "
+                             "--resume")
 
 
 class _TrainState:

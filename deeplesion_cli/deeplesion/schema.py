@@ -297,6 +297,29 @@ def _check_row(row: LesionRow) -> list[tuple[str, str, str]]:
     return problems
 
 
+def header_difference(header: list[str]) -> str:
+    """The first place where ``header`` (line 1, split at commas) departs from :data:`HEADER`,
+    in words: the column number, what is there and what DL_info.csv has."""
+    found = [h.strip() for h in header]
+    if len(found) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in found[0]:
+                return (f"its columns are separated by {name}; DL_info.csv separates them by "
+                        f"commas (column 1 should be {HEADER[0]!r})")
+    for number, (want, got) in enumerate(zip(HEADER, found), 1):
+        if want != got:
+            hint = ""
+            if number == 1 and got.lower().endswith(".png"):
+                hint = " (the header line seems to be missing: line 1 is a data row)"
+            return f"column {number} is {got[:60]!r} where DL_info.csv has {want!r}{hint}"
+    if len(found) < len(HEADER):
+        missing = HEADER[len(found)]
+        return (f"it has {len(found)} columns, DL_info.csv has {len(HEADER)}: column "
+                f"{len(found) + 1} {missing!r} is missing")
+    return (f"it has {len(found)} columns, DL_info.csv has {len(HEADER)}: column "
+            f"{len(HEADER) + 1} {found[len(HEADER)][:60]!r} comes after {HEADER[-1]!r}")
+
+
 def parse_text(text: str, source: str = "DL_info.csv") -> tuple[list[LesionRow], list[RowError]]:
     """Parse DL_info.csv text (CRLF or LF) into rows and the errors of rows that cannot be used.
 
@@ -309,9 +332,8 @@ def parse_text(text: str, source: str = "DL_info.csv") -> tuple[list[LesionRow],
     except StopIteration:
         raise SchemaError(f"{source}: the file is empty (expected the DL_info.csv header)") from None
     if tuple(h.strip() for h in header) != HEADER:
-        raise SchemaError(
-            f"{source}: line 1 is not the DL_info.csv header; expected the 18 columns "
-            f"{', '.join(HEADER)}; found {len(header)} columns: {', '.join(header)[:200]}")
+        raise SchemaError(f"{source}: line 1 is not the DL_info.csv header: "
+                          f"{header_difference(header)}")
     rows: list[LesionRow] = []
     errors: list[RowError] = []
     row_number = 0

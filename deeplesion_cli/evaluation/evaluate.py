@@ -14,7 +14,8 @@ import numpy as np
 
 from deeplesion_cli import __version__
 from deeplesion_cli.deeplesion.schema import LESION_TYPES
-from deeplesion_cli.evaluation import boxstats, coco, confusion, froc, seed, threshold, voc
+from deeplesion_cli.evaluation import (boxstats, coco, confusion, froc, sanity, seed, threshold,
+                                       voc)
 from deeplesion_cli.evaluation.arrays import concat_ranges
 from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 from deeplesion_cli.progress import Progress
@@ -98,6 +99,7 @@ def evaluate_run(gt: GroundTruth, dets: Detections, options: EvalOptions = EvalO
     }
     if options.froc_strict:
         out["froc_strict"] = froc.froc(gt, dets, strict=True)
+    out["warnings"] = sanity.run_warnings(gt, dets, out, options.score)
     return out
 
 
@@ -215,13 +217,20 @@ def _absolute(source: str) -> str | None:
 
 def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
                   options: EvalOptions = EvalOptions(), ground_truth_path: str = "",
-                  show_progress: bool = False) -> dict:
-    """metrics.json: one block per run, the options, and bootstrap intervals when asked."""
+                  show_progress: bool = False, prepared: dict | None = None) -> dict:
+    """metrics.json: one block per run, the options, and bootstrap intervals when asked.
+
+    ``ground_truth`` and each run's ``detections`` are stored as absolute paths; ``prepared``
+    (``{"path", "split", "config_hash"}`` of the prepared folder the ground truth comes from, or
+    None) is stored as given, so that ``lesion report`` can refuse another folder's data.
+    ``warnings``: every run's warnings (prefixed ``run <name>: ``) and the evaluation's own
+    (:mod:`deeplesion_cli.evaluation.sanity`)."""
     document = {
         "tool": "lesion",
         "version": __version__,
         "metrics_format": 1,
-        "ground_truth": ground_truth_path or gt.source,
+        "ground_truth": _absolute(ground_truth_path or gt.source),
+        "prepared": prepared,
         "categories": {str(c): n for c, n in gt.categories},
         "options": options.to_json(),
         "runs": {name: evaluate_run(gt, dets, options) for name, dets in runs.items()},
@@ -229,6 +238,11 @@ def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
     for name, dets in runs.items():
         # where the detections came from, so that `lesion report` can draw them on the images
         document["runs"][name]["detections"] = _absolute(dets.source)
+    warnings = [f"run {name}: {m}" for name in runs for m in document["runs"][name]["warnings"]]
+    small = sanity.bootstrap_warning(gt, options.bootstrap)
+    if small:
+        warnings.append(small)
+    document["warnings"] = warnings
     if options.bootstrap > 0:
         boot = bootstrap(gt, runs, options, show_progress=show_progress)
         for name in runs:

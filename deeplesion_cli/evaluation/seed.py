@@ -12,7 +12,10 @@ Protocol (``seed_protocol``):
   everything once and keeping the prefix.
 * **Counts are pooled over categories** (micro average): precision(t) = TP / (TP + FP), and
   **1.0 when no detection is kept**; recall(t) = TP / n_gt, n_gt = every annotation
-  (``None`` when there is none).
+  (``None`` when there is none). The 1.0 is the seed study's convention and the area below
+  depends on it (the t = 1.0 point usually keeps nothing), so it stays here, and only here: the
+  at-score precision (:mod:`.threshold`) of an empty set is undefined. No table shows these
+  per-threshold precisions; a run without detections has area 0 and a warning.
 * **Area.** The 11 points (recall(t), precision(t)) taken in the order t = 1.0, 0.9, ..., 0.0
   (recall never decreases as t falls, so this is the order of recall; among equal recalls it is
   the order of decreasing t, which decides which precision meets each neighbouring segment),

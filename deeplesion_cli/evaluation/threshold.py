@@ -11,7 +11,9 @@ Protocol:
   positive), ``iscrowd`` ignored. The kept set is a prefix of the score order (ties: file order),
   so one matching of all detections serves every threshold.
 * **Counts, pooled over categories.** TP = kept and matched; FP = kept and unmatched;
-  FN = n_gt - TP. precision = TP / (TP + FP), **1.0 when nothing is kept**; recall = TP / n_gt;
+  FN = n_gt - TP. precision = TP / (TP + FP), **undefined (``None``) when nothing is kept** (0/0:
+  darknet's "for conf_thresh" line prints ``-nan`` there; a value of 1.0 would rank a model that
+  finds nothing as perfectly precise); recall = TP / n_gt;
   f1 = 2 TP / (2 TP + FP + FN) (= 2PR / (P + R), 0 when TP = 0). With no ground truth at all,
   recall and f1 are ``None``.
 * ``mean_iou_tp``: mean IoU of the true positives with their ground truth (``None`` without TP).
@@ -21,7 +23,9 @@ Protocol:
 * **best_f1.** The candidate thresholds are the distinct detection scores; the counts at each one
   come from one pass over the detections in score order (cumulative TP and FP at the end of each
   run of equal scores). The returned dict is ``at_threshold`` at the score with the highest F1;
-  ties go to the highest such score (fewest detections). With no detections, the score is 1.0.
+  ties go to the highest such score (fewest detections). With no detections there is no
+  threshold: ``score`` and ``precision`` are ``None`` (recall and F1 are 0 when there is ground
+  truth).
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
 
 
 def _stats(gt: GroundTruth, dets: Detections, det_gt: np.ndarray, det_iou: np.ndarray,
-           score: float, iou: float) -> dict:
-    kept = np.asarray(dets.score, dtype=np.float64) >= score
+           score: float | None, iou: float) -> dict:
+    """The counts at ``score`` (``None``: no threshold, nothing kept)."""
+    scores = np.asarray(dets.score, dtype=np.float64)
+    kept = scores >= score if score is not None else np.zeros(len(scores), dtype=bool)
     matched = det_gt >= 0
     tp = int(np.count_nonzero(kept & matched))
     fp = int(np.count_nonzero(kept & ~matched))
     n_gt = int(len(gt.image))
     fn = n_gt - tp
-    precision = tp / (tp + fp) if tp + fp else 1.0
+    precision = tp / (tp + fp) if tp + fp else None
     if n_gt:
         recall = tp / n_gt
         f1 = 2 * tp / (2 * tp + fp + fn)
@@ -49,8 +55,8 @@ def _stats(gt: GroundTruth, dets: Detections, det_gt: np.ndarray, det_iou: np.nd
     n_img = int(gt.n_images)
     with_det = len(np.unique(np.asarray(dets.image)[kept]))
     return {
-        "score": float(score), "iou": float(iou),
-        "precision": float(precision),
+        "score": None if score is None else float(score), "iou": float(iou),
+        "precision": None if precision is None else float(precision),
         "recall": None if recall is None else float(recall),
         "f1": None if f1 is None else float(f1),
         "tp": tp, "fp": fp, "fn": fn,
@@ -69,7 +75,7 @@ def best_f1(gt: GroundTruth, dets: Detections, iou: float = 0.5) -> dict:
     """``at_threshold`` at the score that maximises F1 (one sorted pass; module docstring)."""
     det_gt, det_iou = greedy_match(gt, dets, iou, class_aware=True)
     if len(dets.score) == 0:
-        return _stats(gt, dets, det_gt, det_iou, 1.0, iou)
+        return _stats(gt, dets, det_gt, det_iou, None, iou)
     order = score_order(dets)
     scores = np.asarray(dets.score, dtype=np.float64)[order]
     tp = np.cumsum(det_gt[order] >= 0)

@@ -13,20 +13,27 @@ module), ``model`` (its ``state_dict``, unwrapped from DDP), ``classes`` (``name
 ``scaler`` (AMP ``GradScaler``; empty when AMP is off), ``sampler`` (its ``state_dict``),
 ``rng`` (torch CPU and CUDA generator states at the save), ``best`` (selection metric name,
 best value and its epoch), ``ema_loss``, ``threads`` (the CPU threads it trained with, kept on
-resume), ``prepared_config_hash`` (the prepared folder it trained on; resume refuses another).
+resume), ``prepared_config_hash`` (the prepared folder it trained on; resume refuses another),
+``prepared_render`` (how that folder made its pixels: ``windows_hu``, ``context``,
+``spacing_mm``; ``lesion predict frcnn`` refuses a folder that makes them otherwise).
 There is no scheduler state: the learning rate is a function of ``step``
 (:mod:`deeplesion_cli.frcnn.optim`).
+
+Saving is atomic and durable (:func:`deeplesion_cli.atomic.write_durable`: temporary file, fsync,
+rename): a failed save (disk full, read-only file system) leaves the previous file whole and
+raises :class:`CheckpointSaveError` naming the file and the errno.
 """
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from deeplesion_cli import __version__, atomic
-from deeplesion_cli.errors import LesionInputError
+from deeplesion_cli.errors import LesionInputError, LesionRunError
 
 FORMAT = 1
 
@@ -35,10 +42,49 @@ class CheckpointError(LesionInputError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
 
 
+class CheckpointSaveError(LesionRunError):
+    """A checkpoint that could not be written (disk full, read-only...): the message names the
+    file and the errno; the previous file of that name is intact. ``errno`` is the OSError's."""
+
+    def __init__(self, message: str, errno_code: int | None = None):
+        super().__init__(message)
+        self.errno = errno_code
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device (errno ENOSPC)``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    return f"{reason} (errno {name})" if name else reason
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or what torch's writer wrapped), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def save(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a run killed while saving
-    keeps its previous checkpoint whole."""
-    atomic.write_with(Path(path), lambda tmp: torch.save(state, tmp))
+    """``torch.save`` into a temporary file beside ``path``, fsync, rename (module docstring): a
+    run killed or failing while saving keeps its previous checkpoint whole.
+    :class:`CheckpointSaveError` naming ``path`` and the errno when it cannot be written."""
+    path = Path(path)
+    try:
+        atomic.write_durable(path, lambda file: torch.save(state, file))
+    except (OSError, RuntimeError) as exc:
+        os_error = _os_error_in(exc)
+        if os_error is None:
+            # torch's zip writer may report a failed write as RuntimeError without the errno
+            if "write" not in str(exc).lower():
+                raise
+            raise CheckpointSaveError(f"cannot write {path}: {exc}") from None
+        raise CheckpointSaveError(f"cannot write {path}: {describe_os_error(os_error)}",
+                                  os_error.errno) from None
 
 
 def load(path: Path) -> dict:
@@ -55,14 +101,27 @@ def load(path: Path) -> dict:
     return state
 
 
+def peek(path: Path) -> dict:
+    """The small fields of a checkpoint (``epoch``, ``best``, ``prepared_config_hash``...; no
+    weights), read through a memory map so that the tensors are not read."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old or odd file: read it whole (CheckpointError naming it)
+        state = load(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model_args" not in state:
+        state = load(path)
+    return {k: v for k, v in state.items()
+            if k not in ("model", "optimizer", "scaler", "sampler", "rng")}
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU; otherwise a torch device string (``cuda:1``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"--device {name}: CUDA is not available on this machine")
-    return device
+    """The device of one process for ``--device`` ``name`` (auto, cpu, cuda, cuda:N or N; see
+    :func:`deeplesion_cli.frcnn.distributed.device_for_rank`): an input error naming the valid
+    forms, or saying that this machine has no GPU."""
+    from deeplesion_cli.frcnn.distributed import Dist, device_for_rank
+
+    return device_for_rank(name, Dist())
 
 
 def model_from_checkpoint(state: dict, **overrides):
@@ -109,8 +168,39 @@ def restore(state: dict | None, optimizer, scaler, select: str) -> Counters:
                     state.get("best", best))
 
 
+def check_best(run_dir: Path, counters: Counters, select: str) -> str | None:
+    """Make the best record of a resumed run (``counters.best``, from ``last.pt``) agree with
+    ``best.pt`` on disk; a message saying what was wrong and what the record now is, or None.
+
+    A record without its file (deleted, or lost by an earlier version) is cleared: selection
+    starts again from the next epoch. A ``best.pt`` of another epoch (a run stopped between
+    writing ``best.pt`` and ``last.pt``) is a real epoch of this run: the record follows it."""
+    path = Path(run_dir) / "best.pt"
+    recorded = counters.best.get("epoch")
+    on_disk = peek(path) if path.is_file() else None
+    if on_disk is None:
+        if recorded is None:
+            return None
+        counters.best = {"metric": select, "value": None, "epoch": None}
+        return (f"{path} is missing, though last.pt records the best {select} at epoch "
+                f"{recorded}: best-checkpoint selection starts again from the next epoch")
+    epoch = on_disk.get("epoch")
+    if epoch == recorded:
+        return None
+    own = on_disk.get("best") or {}
+    if own.get("epoch") == epoch and own.get("metric") == select and own.get("value") is not None:
+        counters.best = {"metric": select, "value": own["value"], "epoch": epoch}
+        return (f"{path} holds epoch {epoch}, but last.pt recorded the best at epoch "
+                f"{recorded} (a run stopped between saving best.pt and last.pt): the best is "
+                f"now epoch {epoch} ({select} {own['value']:.4f}), as on disk")
+    counters.best = {"metric": select, "value": None, "epoch": None}
+    return (f"{path} (epoch {epoch}) is not the best last.pt records (epoch {recorded}): "
+            "best-checkpoint selection starts again from the next epoch and will replace it")
+
+
 def training_state(*, model, model_args: dict, classes, options, counters: Counters, optimizer,
-                   scaler, sampler, threads: int, prepared_config_hash) -> dict:
+                   scaler, sampler, threads: int, prepared_config_hash,
+                   prepared_render: dict | None = None) -> dict:
     """The checkpoint dict of a run after ``counters.epoch`` epochs (module docstring);
     ``model`` unwrapped from DDP, ``classes`` a :class:`~deeplesion_cli.frcnn.data.ClassMap`."""
     return {
@@ -123,5 +213,5 @@ def training_state(*, model, model_args: dict, classes, options, counters: Count
         "sampler": sampler.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "best": counters.best, "ema_loss": counters.ema_loss, "threads": threads,
-        "prepared_config_hash": prepared_config_hash}
+        "best": dict(counters.best), "ema_loss": counters.ema_loss, "threads": threads,
+        "prepared_config_hash": prepared_config_hash, "prepared_render": prepared_render}

@@ -30,8 +30,14 @@ from deeplesion_cli.errors import LesionInputError
 from deeplesion_cli.formats.groundtruth import GroundTruth, ground_truth_from_dict
 from deeplesion_cli.prepared import SPLITS, Prepared, PreparedError
 
-__all__ = ["SPLITS", "DataError", "read_manifest", "ClassMap", "PreparedSplit", "collate",
-           "to_model_input"]
+__all__ = ["SPLITS", "DataError", "read_manifest", "render_of", "RENDER_OPTIONS", "ClassMap",
+           "PreparedSplit", "collate", "to_model_input"]
+
+#: The manifest options that decide a prepared image's pixels (``lesion prepare``'s
+#: ``PrepareOptions.render_json`` less the PNG compression level, which changes bytes, not
+#: pixels). Two prepared folders with equal values hold the same pixels for the same CT slice,
+#: whatever their task, split, ratios or rows: a model trained on one may predict the other.
+RENDER_OPTIONS = ("windows_hu", "context", "spacing_mm")
 
 
 class DataError(LesionInputError):
@@ -47,6 +53,14 @@ def read_manifest(prepared: Path) -> dict:
     except PreparedError as exc:
         # one error class for everything wrong with the data of `lesion train/predict frcnn`
         raise DataError(str(exc)) from None
+
+
+def render_of(manifest: dict) -> dict | None:
+    """The :data:`RENDER_OPTIONS` of a manifest (None when it records no options)."""
+    options = manifest.get("options")
+    if not isinstance(options, dict):
+        return None
+    return {k: options.get(k) for k in RENDER_OPTIONS}
 
 
 @dataclass(frozen=True)

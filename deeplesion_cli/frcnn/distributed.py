@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from deeplesion_cli.spec.core import OptionError
+from deeplesion_cli.spec.frcnn import parse_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -25,6 +28,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0             # rank on this machine: the CUDA device it trains on
     launched: bool = False          # started by torchrun (even as its only rank)
+    local_world_size: int = 1       # ranks on this machine
 
     @property
     def enabled(self) -> bool:
@@ -43,14 +47,63 @@ def dist_from_env() -> Dist:
     ``launched`` when torchrun set them (``TORCHELASTIC_RUN_ID`` is torchrun's own mark)."""
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                 int(os.environ.get("LOCAL_RANK", 0)),
-                launched="TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ)
+                launched="TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ,
+                local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
-def rank_device(device: torch.device, dist_info: Dist) -> torch.device:
-    """The device this rank trains on: under DDP each rank takes CUDA device ``local_rank``
-    (made current); otherwise ``device`` itself."""
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
+def _no_cuda(text: str) -> OptionError:
+    build = ("a CPU-only build" if torch.version.cuda is None
+             else f"built for CUDA {torch.version.cuda}")
+    return OptionError(f"--device {text}: this machine has no GPU that torch can use "
+                       f"(torch.cuda.is_available() is False; torch {torch.__version__} is "
+                       f"{build}); use --device cpu (or auto)", "device")
+
+
+def device_for_rank(text: str, dist_info: Dist) -> torch.device:
+    """The device this process runs on for ``--device`` ``text`` (checked before anything is
+    loaded; :class:`OptionError` naming the valid forms otherwise).
+
+    ``auto``: CUDA when present, else the CPU. ``N`` means ``cuda:N``. Under DDP each rank takes
+    CUDA device ``local_rank`` for ``auto``/``cuda``, or the ``local_rank``-th of a list
+    (``--device 2,3``), and makes it current; a single index with several ranks on the machine,
+    a list without torchrun, or an index this machine lacks are errors saying what to give."""
+    try:
+        kind, indices = parse_device(text)
+    except ValueError as exc:
+        raise OptionError(f"--device {exc}", "device") from None
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if len(indices) > 1 and not dist_info.enabled:
+        raise OptionError(
+            f"--device {text}: one process runs on one GPU; to train on {len(indices)} GPUs start "
+            f"one process per GPU: torchrun --nproc_per_node {len(indices)} -m deeplesion_cli "
+            f"train frcnn ... --device {text} (or give one index)", "device")
+    if not torch.cuda.is_available():
+        raise _no_cuda(text)
+    index = indices[0] if indices else None
+    if dist_info.enabled:
+        local = dist_info.local_world_size
+        if len(indices) > 1 or (len(indices) == 1 and local == 1):
+            if len(indices) < local:
+                raise OptionError(f"--device {text} lists {len(indices)} GPU(s) for the {local} "
+                                  "torchrun ranks on this machine: give one index per rank",
+                                  "device")
+            index = indices[dist_info.local_rank]
+        elif indices:
+            raise OptionError(f"--device {text}: torchrun started {local} ranks on this "
+                              "machine and each needs its own GPU: give one index per rank "
+                              f"(--device {','.join(str(i) for i in range(local))}) or cuda",
+                              "device")
+        else:
+            index = dist_info.local_rank
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise OptionError(f"--device {text}: there is no CUDA device {index} (this machine has "
+                          f"{count}: {', '.join(str(i) for i in range(count))})", "device")
+    device = torch.device("cuda", index) if index is not None else torch.device("cuda")
+    if dist_info.enabled:
         torch.cuda.set_device(device)
     return device
 

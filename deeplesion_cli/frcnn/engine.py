@@ -14,6 +14,7 @@ writes files). The pieces, as in torchvision's detection references:
 ``frcnn/evaluate.py``      per-epoch metrics of a training sample and the val split
 ``frcnn/checkpoint.py``    ``last.pt``/``best.pt``: what they hold, and resuming from one
 ``frcnn/records.py``       ``args.json``, ``metrics.csv`` rows, ``train.log`` lines
+``frcnn/interrupt.py``     SIGTERM/SIGHUP/SIGINT: stop at a step boundary, exit 128 + signal
 =========================  =====================================================================
 
 Determinism and resume. Nothing depends on random state carried over from an earlier epoch: the
@@ -32,6 +33,16 @@ selection metric improved, ``best.pt``, a line in ``train.log``, then the caller
 (which may draw figures: training itself draws nothing). The metrics row is written before the
 checkpoint: a run killed between the two re-does that epoch on resume, and the row is replaced
 (rows after the checkpoint's step are dropped on resume).
+
+Faults. Checkpoints are written atomically and durably (:func:`ckpt.save`); ``best.pt`` is written
+before ``last.pt``, and the best record (in ``last.pt`` and :class:`TrainResult`) changes only once
+``best.pt`` is on disk. A failed save (disk full, read-only) stops the run with
+:class:`~deeplesion_cli.frcnn.checkpoint.CheckpointSaveError` naming the file and the errno, and
+train.log says which checkpoints were kept; a resumed run checks its best record against
+``best.pt`` (:func:`ckpt.check_best`). SIGTERM, SIGHUP and SIGINT stop the run at the next step
+boundary (:mod:`deeplesion_cli.frcnn.interrupt`): the epoch in progress is abandoned, ``last.pt``
+keeps the last completed one, train.log names the epoch reached, and
+:class:`~deeplesion_cli.frcnn.interrupt.Interrupted` carries the exit code 128 + the signal.
 """
 
 from __future__ import annotations
@@ -44,12 +55,14 @@ from typing import Callable
 import torch
 
 from deeplesion_cli import atomic, runlog
+from deeplesion_cli.errors import LesionError
 from deeplesion_cli.frcnn import checkpoint as ckpt
-from deeplesion_cli.frcnn.data import DataError, read_manifest
+from deeplesion_cli.frcnn.data import DataError, read_manifest, render_of
 from deeplesion_cli.frcnn.distributed import (Dist, backend_name, barrier, destroy_process_group,
-                                              dist_from_env, wrap_model)
+                                              device_for_rank, dist_from_env, wrap_model)
 from deeplesion_cli.frcnn.epoch import LOSS_PARTS, TrainError, train_one_epoch, train_step
 from deeplesion_cli.frcnn.evaluate import evaluate_epoch
+from deeplesion_cli.frcnn.interrupt import Interrupted, StopRequest, stop_on_signals
 from deeplesion_cli.frcnn.optim import LrSchedule, build_optimizer
 from deeplesion_cli.frcnn.options import (DEFAULT_LR, RESUMABLE_OVERRIDES, SELECT_METRICS,
                                           OptionError, TrainOptions)
@@ -63,7 +76,7 @@ from deeplesion_cli.frcnn.threads import ThreadsError, check_resumed_threads
 # names callers import from here (cli, matrix, demo, tests, benchmarks)
 __all__ = ["train", "TrainResult", "EpochEvent", "EpochStats", "TrainOptions", "OptionError",
            "TrainError", "DEFAULT_LR", "SELECT_METRICS", "RESUMABLE_OVERRIDES", "LOSS_PARTS",
-           "train_step", "Dist", "dist_from_env"]
+           "train_step", "Dist", "dist_from_env", "Interrupted"]
 
 #: a metric for a log line (``cli`` prints the last epoch with it)
 _fmt = fmt
@@ -81,6 +94,7 @@ class TrainResult:
     metrics_csv: Path
     history: list[EpochStats] = field(default_factory=list)
     resumed_from_epoch: int = 0
+    warnings: list[str] = field(default_factory=list)   # for the user (the CLI prints them)
 
 
 @dataclass
@@ -115,14 +129,18 @@ def train(prepared: Path, run_dir: Path, options: TrainOptions | None = None, *,
     and ends exactly where one long call would have.
     ``on_epoch`` is called on rank 0 after each epoch with an :class:`EpochEvent` (the command
     line draws curves.png with it); an exception in it is logged to train.log and training goes
-    on.
+    on. SIGTERM, SIGHUP or SIGINT during the call raise :class:`Interrupted` at the next step
+    boundary (module docstring); the previous handlers are restored on return.
     """
     # the run's --threads holds for this call only: torch's thread count is process-wide
     threads_before = torch.get_num_threads()
+    stop = StopRequest()
     try:
-        return _train(Path(prepared), Path(run_dir), options, resume=resume, overrides=overrides,
-                      stop_after=stop_after, show_progress=show_progress,
-                      dist_info=dist_info or dist_from_env(), on_epoch=on_epoch)
+        with stop_on_signals(stop):
+            return _train(Path(prepared), Path(run_dir), options, resume=resume,
+                          overrides=overrides, stop_after=stop_after,
+                          show_progress=show_progress, dist_info=dist_info or dist_from_env(),
+                          on_epoch=on_epoch, stop=stop)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -147,9 +165,13 @@ class _Run:
     counters: ckpt.Counters
     show_progress: bool
     on_epoch: Callable[[EpochEvent], None] | None
+    stop: StopRequest
+    render: dict | None = None      # the prepared folder's pixel options (data.render_of)
     log: TrainLog | None = None
     writer: runlog.MetricsWriter | None = None
     saved_epoch: int = 0            # epoch of the last.pt on disk (0: none yet)
+    current_epoch: int = 0          # the epoch being trained (1-based)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def last_path(self) -> Path:
@@ -166,14 +188,15 @@ class _Run:
 
 def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resume: bool,
            overrides: dict | None, stop_after: int | None, show_progress: bool,
-           dist_info: Dist, on_epoch) -> TrainResult:
+           dist_info: Dist, on_epoch, stop: StopRequest) -> TrainResult:
     state, options = _start_or_resume(run_dir, options, resume, overrides)
+    device = device_for_rank(options.device, dist_info)  # a bad --device before any data
     manifest = read_manifest(prepared)
     if state is not None and state.get("prepared_config_hash") != manifest.get("config_hash"):
         raise OptionError(f"{prepared} is not the prepared folder this run was trained on "
                           f"(config_hash {manifest.get('config_hash')!r}, the run's "
                           f"{state.get('prepared_config_hash')!r}); resume on the same folder")
-    device, threads = setup_process(options, state, dist_info)
+    threads = setup_process(options, state, dist_info, device)
     data = build_data(prepared, manifest, options, dist_info)
     report: list[str] = []
     model, stored_args = build_training_model(options, model_args(options, data), state, device,
@@ -184,12 +207,18 @@ def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resum
     counters = ckpt.restore(state, optimizer, scaler, options.select)
     run = _Run(prepared, run_dir, options, dist_info, device, threads,
                manifest.get("config_hash"), data, model, train_model, stored_args, optimizer,
-               scaler, counters, show_progress, on_epoch, saved_epoch=counters.epoch)
+               scaler, counters, show_progress, on_epoch, stop, render_of(manifest),
+               saved_epoch=counters.epoch)
+    if state is not None:  # the best record must match best.pt on disk
+        mismatch = ckpt.check_best(run_dir, counters, options.select)
+        if mismatch:
+            run.warnings.append(mismatch)
     start_epoch = counters.epoch
     result = TrainResult(run_dir, start_epoch, counters.best["epoch"], counters.best["value"],
                          options.select, run.last_path,
                          run.best_path if counters.best["epoch"] is not None else None,
-                         run.metrics_path, resumed_from_epoch=start_epoch)
+                         run.metrics_path, resumed_from_epoch=start_epoch,
+                         warnings=run.warnings)
     try:
         _open_run_folder(run, resumed=state is not None, report=report)
         loader = make_loader(data, options, device)
@@ -198,6 +227,17 @@ def _train(prepared: Path, run_dir: Path, options: TrainOptions | None, *, resum
         for epoch in range(start_epoch, end_epoch):
             _epoch(run, epoch, loader, schedule, result.history)
             result.epochs_done = epoch + 1
+            if epoch + 1 < end_epoch and stop.agreed(device, dist_info):
+                raise Interrupted(f"after epoch {epoch + 1}", stop.signum)
+        if stop.requested and run.log is not None:
+            run.log(f"{stop.name} received after the last epoch of this call: nothing was lost")
+    except Interrupted as exc:
+        raise _stopped(run, exc, exc.signum) from None
+    except Exception as exc:
+        if not stop.requested or isinstance(exc, LesionError):
+            raise
+        # what the signal broke on its way (e.g. a DataLoader worker killed by it)
+        raise _stopped(run, exc, stop.signum) from None
     finally:
         if run.writer is not None:
             run.writer.close()
@@ -266,7 +306,7 @@ def _open_run_folder(run: _Run, *, resumed: bool, report: list[str]) -> None:
                    world_size=run.dist_info.world_size, device=run.device,
                    steps_per_epoch=data.steps_per_epoch, train_images=data.train_images,
                    val_images=len(data.val), train_eval_images=len(data.train_eval),
-                   threads=run.threads)
+                   threads=run.threads, render=run.render)
     atomic.write_text(run.run_dir / "args.json", json.dumps(doc, indent=2) + "\n")
     if not resumed:
         log(f"start: {options.arch} ({options.pretrained}), {data.train_images} train / "
@@ -281,13 +321,64 @@ def _open_run_folder(run: _Run, *, resumed: bool, report: list[str]) -> None:
         log(f"distributed: {backend_name()} process group, {run.dist_info.world_size} "
             "rank(s), DistributedDataParallel")
     if len(data.val) == 0:
-        log("warning: the val split is empty: no validation metrics, no best.pt")
+        run.warnings.append(
+            f"the val split of {run.prepared} is empty: no validation metrics, so no "
+            f"best-checkpoint selection (--select {options.select}) and no best.pt; "
+            "`lesion predict frcnn` on this run uses last.pt")
+    for message in run.warnings:
+        log(f"warning: {message}", echo=True)
+
+
+def _stopped(run: _Run, exc: Exception, signum: int) -> Interrupted:
+    """The :class:`Interrupted` of a run stopped by signal ``signum`` (rank 0 logs it): where it
+    stopped, what ``last.pt`` holds, how to go on."""
+    from deeplesion_cli.frcnn.interrupt import signal_name
+
+    if isinstance(exc, Interrupted):
+        where = str(exc)
+        if where.startswith("at once"):
+            where += f" in epoch {run.current_epoch}, which is abandoned"
+        elif not where.startswith("after"):
+            where += f" (epoch {run.current_epoch} abandoned: a run resumes from an epoch's end)"
+    else:
+        where = (f"in epoch {run.current_epoch}, which is abandoned "
+                 f"({type(exc).__name__}: {exc})")
+    if run.saved_epoch:
+        kept = (f"{run.last_path} holds epoch {run.saved_epoch} of {run.options.epochs}: "
+                "continue with --resume")
+    else:
+        kept = ("no epoch was completed, so nothing was saved: run the same command again "
+                "(without --resume)")
+    message = f"stopped by {signal_name(signum)} {where}; {kept}"
+    if run.log is not None:
+        run.log(message)
+    return Interrupted(message, signum)
+
+
+def _save_failed(run: _Run, exc: ckpt.CheckpointSaveError, epoch: int,
+                 best_epoch: int | None, best_written: bool) -> ckpt.CheckpointSaveError:
+    """Rank 0: the error of a checkpoint (or metrics row) of epoch ``epoch`` that could not be
+    written, saying what was kept (``best_epoch``: the epoch ``best.pt`` holds; ``best_written``:
+    saved in this epoch, before the failure); logged to train.log."""
+    kept = [f"{run.last_path} (epoch {run.saved_epoch})" if run.saved_epoch
+            else "no last.pt (no epoch saved yet)"]
+    if best_epoch is not None:
+        kept.append(f"{run.best_path} (epoch {best_epoch}"
+                    + (", saved before the failure)" if best_written else ")"))
+    message = (f"{exc}; epoch {epoch} is not saved; kept {' and '.join(kept)}; free space (or "
+               "make the folder writable) and continue with --resume")
+    try:
+        run.log(f"error: {message}")
+    except OSError:
+        pass
+    return ckpt.CheckpointSaveError(message, exc.errno)
 
 
 def _epoch(run: _Run, epoch: int, loader, schedule: LrSchedule,
            history: list[EpochStats]) -> None:
     """Epoch ``epoch`` (0-based): train, evaluate, and (rank 0) record and checkpoint it."""
     options, dist_info, counters = run.options, run.dist_info, run.counters
+    run.current_epoch = epoch + 1
     seed_everything(epoch_seed(options.seed, epoch, dist_info.rank))
     run.data.sampler.set_epoch(epoch)
     kept = (f"the last good checkpoint {run.last_path} (epoch {run.saved_epoch}) is kept"
@@ -297,23 +388,25 @@ def _epoch(run: _Run, epoch: int, loader, schedule: LrSchedule,
         epochs=options.epochs, step=counters.step, ema_loss=counters.ema_loss, device=run.device,
         dist_info=dist_info, amp=options.amp, clip_grad=options.clip_grad, kept=kept,
         log=run.log, log_every=options.log_every, images=run.data.epoch_images,
-        show_progress=run.show_progress)
+        show_progress=run.show_progress, stop=run.stop)
     counters.step, counters.ema_loss = totals.step, totals.ema_loss
     counters.images += totals.images
     eval_bs = options.eval_batch_size or max(1, options.batch_size * 2)
     train_eval, val_eval, eval_seconds = evaluate_epoch(
         run.model, run.data.train_eval, run.data.val, run.device, eval_bs, options.workers,
-        dist_info)
+        dist_info, run.stop)
     stats = EpochStats(epoch + 1, totals.step, counters.images, totals.loss, totals.parts,
                        totals.lr, totals.seconds, totals.images_per_s, totals.data_wait,
                        train_eval, val_eval, eval_seconds)
     history.append(stats)
     counters.epoch = epoch + 1
+    previous_best = dict(counters.best)
     improved = _update_best(counters, val_eval, options.select)
     if dist_info.is_main:
-        _record(run, stats, improved)
+        _record(run, stats, improved, previous_best)
         _announce(run, stats, history, improved)
     barrier(dist_info)
+    run.saved_epoch = stats.epoch
 
 
 def _update_best(counters: ckpt.Counters, val_eval: dict | None, select: str) -> bool:
@@ -327,17 +420,36 @@ def _update_best(counters: ckpt.Counters, val_eval: dict | None, select: str) ->
     return False
 
 
-def _record(run: _Run, stats: EpochStats, improved: bool) -> None:
-    """Rank 0: the epoch's metrics.csv row, then last.pt (and best.pt), then its train.log line."""
-    run.writer.write(metrics_row(stats, run.counters.ema_loss))
+def _record(run: _Run, stats: EpochStats, improved: bool, previous_best: dict) -> None:
+    """Rank 0: the epoch's metrics.csv row, then best.pt (when ``improved``), then last.pt, then
+    its train.log line. The best record (``run.counters.best``, saved in both) stands only once
+    best.pt is on disk: a failed best.pt save restores ``previous_best``. A failed write raises
+    :class:`~deeplesion_cli.frcnn.checkpoint.CheckpointSaveError` saying what was kept."""
+    old_best = previous_best.get("epoch")
+    try:
+        run.writer.write(metrics_row(stats, run.counters.ema_loss))
+    except OSError as exc:
+        run.counters.best = previous_best
+        error = ckpt.CheckpointSaveError(
+            f"cannot write {run.metrics_path}: {ckpt.describe_os_error(exc)}", exc.errno)
+        raise _save_failed(run, error, stats.epoch, old_best, False) from None
     state = ckpt.training_state(
         model=run.model, model_args=run.stored_args, classes=run.data.classes,
         options=run.options, counters=run.counters, optimizer=run.optimizer, scaler=run.scaler,
-        sampler=run.data.sampler, threads=run.threads, prepared_config_hash=run.config_hash)
-    ckpt.save(run.last_path, state)
-    run.saved_epoch = stats.epoch
+        sampler=run.data.sampler, threads=run.threads, prepared_config_hash=run.config_hash,
+        prepared_render=run.render)
     if improved:
-        ckpt.save(run.best_path, state)
+        try:
+            ckpt.save(run.best_path, state)
+        except ckpt.CheckpointSaveError as exc:
+            run.counters.best = previous_best
+            raise _save_failed(run, exc, stats.epoch, old_best, False) from None
+    try:
+        ckpt.save(run.last_path, state)
+    except ckpt.CheckpointSaveError as exc:
+        raise _save_failed(run, exc, stats.epoch, stats.epoch if improved else old_best,
+                           improved) from None
+    run.saved_epoch = stats.epoch
     run.log(epoch_line(stats, run.options.epochs, improved), echo=True)
 
 

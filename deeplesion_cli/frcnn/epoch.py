@@ -85,15 +85,20 @@ class EpochTotals:
 def train_one_epoch(model, optimizer, scaler, loader, schedule, *, epoch: int, epochs: int,
                     step: int, ema_loss: float | None, device, dist_info: Dist, amp: bool,
                     clip_grad: float | None, kept: str, log: Callable[..., None],
-                    log_every: int | None, images: int, show_progress: bool) -> EpochTotals:
+                    log_every: int | None, images: int, show_progress: bool,
+                    stop=None) -> EpochTotals:
     """Train ``model`` (DDP-wrapped under torchrun) on every batch of ``loader``.
 
     ``epoch`` is 0-based (of ``epochs``), ``step`` the optimiser steps done before it and
     ``ema_loss`` the running loss carried over; ``schedule`` sets each step's learning rate;
     ``kept`` says, in a :class:`TrainError`, which checkpoint survives. ``log`` gets a line every
     ``log_every`` steps (rank 0); ``images`` (this rank's images per epoch) sizes the progress
-    bar. The caller seeds the epoch and sets the sampler's epoch first.
+    bar. The caller seeds the epoch and sets the sampler's epoch first. ``stop`` (a
+    :class:`~deeplesion_cli.frcnn.interrupt.StopRequest`) is looked at before every step, by all
+    ranks together: :class:`~deeplesion_cli.frcnn.interrupt.Interrupted` abandons the epoch.
     """
+    from deeplesion_cli.frcnn.interrupt import Interrupted
+
     main = dist_info.is_main
     model.train()
     sums = dict.fromkeys(("loss",) + LOSS_PARTS, 0.0)
@@ -106,6 +111,8 @@ def train_one_epoch(model, optimizer, scaler, loader, schedule, *, epoch: int, e
         t_ready = time.monotonic()
         for batch_images, targets in loader:
             wait_s += time.monotonic() - t_ready
+            if stop is not None and stop.agreed(device, dist_info):
+                raise Interrupted(f"in epoch {epoch + 1} at step {step + 1}", stop.signum)
             lr = schedule.set(step)
             inputs, tgts = to_model_input(batch_images, targets, device, non_blocking=True)
             values = train_step(model, optimizer, scaler, inputs, tgts, amp=amp,

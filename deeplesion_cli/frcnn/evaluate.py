@@ -51,9 +51,10 @@ def train_sample_indices(n: int, k: int, seed: int) -> list[int]:
 
 
 def evaluate_split(model, dataset: PreparedSplit, device, batch_size: int, workers: int,
-                   dist_info: Dist) -> dict | None:
+                   dist_info: Dist, stop=None) -> dict | None:
     """Metrics of ``dataset`` (:func:`evaluate_detections`; ``None`` for an empty one): every
-    rank predicts its share, rank 0 evaluates, all get them."""
+    rank predicts its share, rank 0 evaluates, all get them. ``stop``: see
+    :func:`~deeplesion_cli.frcnn.predict.infer_raw`."""
     from deeplesion_cli.formats.groundtruth import Detections
     from deeplesion_cli.frcnn.predict import infer_raw, to_detections
 
@@ -63,7 +64,7 @@ def evaluate_split(model, dataset: PreparedSplit, device, batch_size: int, worke
     # float32 even with --amp: autocast returns float16/bfloat16 boxes (bfloat16 steps are 2 px
     # at 512 px), which would move IoUs and AP75
     raw = infer_raw(model, dataset, device, batch_size=batch_size, workers=workers,
-                    amp=False, indices=mine)
+                    amp=False, indices=mine, stop=stop)
     parts = gather(raw, dist_info)
     metrics = None
     if dist_info.is_main:
@@ -78,10 +79,10 @@ def evaluate_split(model, dataset: PreparedSplit, device, batch_size: int, worke
 
 
 def evaluate_epoch(model, train_sample: PreparedSplit, val: PreparedSplit, device,
-                   batch_size: int, workers: int,
-                   dist_info: Dist) -> tuple[dict | None, dict | None, float]:
+                   batch_size: int, workers: int, dist_info: Dist,
+                   stop=None) -> tuple[dict | None, dict | None, float]:
     """``(train sample metrics, val metrics, seconds both took)`` after an epoch."""
     start = time.monotonic()
-    train_eval = evaluate_split(model, train_sample, device, batch_size, workers, dist_info)
-    val_eval = evaluate_split(model, val, device, batch_size, workers, dist_info)
+    train_eval = evaluate_split(model, train_sample, device, batch_size, workers, dist_info, stop)
+    val_eval = evaluate_split(model, val, device, batch_size, workers, dist_info, stop)
     return train_eval, val_eval, time.monotonic() - start

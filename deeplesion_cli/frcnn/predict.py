@@ -11,14 +11,15 @@ result evaluates against ``coco/<split>.json`` directly. The trainer's per-epoch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from deeplesion_cli.formats.groundtruth import Detections, GroundTruth
-from deeplesion_cli.frcnn.data import DataError, PreparedSplit, collate, to_model_input
+from deeplesion_cli.frcnn.data import (RENDER_OPTIONS, DataError, PreparedSplit, collate,
+                                       render_of, to_model_input)
 from deeplesion_cli.prepared import Prepared
 from deeplesion_cli.progress import Progress
 
@@ -31,9 +32,12 @@ def _autocast(device: torch.device, amp: bool):
 
 @torch.inference_mode()
 def infer_raw(model, dataset: PreparedSplit, device: torch.device, *, batch_size: int = 8,
-              workers: int = 0, amp: bool = False, indices=None, progress: Progress | None = None):
+              workers: int = 0, amp: bool = False, indices=None, progress: Progress | None = None,
+              stop=None):
     """Raw detections of ``dataset[i]`` for i in ``indices`` (default all), as numpy arrays:
     ``(index (n,), label (n,) 1-based model label, box_xyxy_px (n, 4), score (n,))``.
+    ``stop`` (a :class:`~deeplesion_cli.frcnn.interrupt.StopRequest`, in training) is looked at
+    between batches: :class:`~deeplesion_cli.frcnn.interrupt.Interrupted` when it was asked.
 
     ``amp`` means float16 autocast on CUDA and is ignored on CPU, where autocast would mean
     bfloat16 boxes (coordinates rounded to 2 px at 512 px)."""
@@ -47,6 +51,10 @@ def infer_raw(model, dataset: PreparedSplit, device: torch.device, *, batch_size
     out_index, out_label, out_box, out_score = [], [], [], []
     try:
         for images, targets in loader:
+            if stop is not None and stop.requested:
+                from deeplesion_cli.frcnn.interrupt import Interrupted
+
+                raise Interrupted("while evaluating", stop.signum)
             inputs, _ = to_model_input(images, device=device, non_blocking=True)
             with _autocast(device, amp and device.type == "cuda"):
                 outputs = model(inputs)
@@ -83,46 +91,112 @@ class PredictResult:
     n_images: int
     n_detections: int
     seconds: float
-    checkpoint: Path
+    checkpoint: Path                # exactly the file the detections come from
     split: str
+    epoch: int | None = None        # the checkpoint's epoch
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
-    """A run folder means its ``best.pt`` (else ``last.pt``); a file is taken as it is."""
+    """The checkpoint ``lesion predict frcnn`` uses: a file is taken as it is; a run folder means
+    its ``best.pt`` when the run recorded a best (``last.pt``'s record; the file must then exist:
+    :class:`DataError` naming it otherwise, never a silent fallback), else its ``last.pt`` (a run
+    without validation, or before its first improvement)."""
+    from deeplesion_cli.frcnn import checkpoint as ckpt
+
     path = Path(run_or_checkpoint)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise DataError(f"{path}: no best.pt or last.pt; is it a `lesion train frcnn` run folder?")
+        last, best = path / "last.pt", path / "best.pt"
+        if not last.is_file():
+            if best.is_file():
+                return best
+            raise DataError(f"{path}: no best.pt or last.pt; is it a `lesion train frcnn` run "
+                            "folder?")
+        record = ckpt.peek(last).get("best") or {}
+        if record.get("epoch") is None:
+            return last
+        if not best.is_file():
+            raise DataError(f"{best} is missing, though {last} records the run's best "
+                            f"{record.get('metric')} at epoch {record['epoch']}; predict with "
+                            f"{last} (the last epoch) explicitly, or resume the run to select "
+                            "a best again")
+        return best
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint or run folder")
     return path
 
 
+def check_same_pixels(state: dict, path: Path, prepared: Path, manifest: dict,
+                      allow_other_render: bool = False) -> str | None:
+    """Refuse (:class:`DataError`) a prepared folder whose images are made otherwise than those
+    of the folder the checkpoint was trained on: same ``config_hash``, or the same
+    :data:`~deeplesion_cli.frcnn.data.RENDER_OPTIONS` (window, context, spacing: the same pixels
+    for the same slice, whatever the task, split or rows). ``allow_other_render`` turns the
+    refusal into the returned warning."""
+    trained_hash = state.get("prepared_config_hash")
+    here_hash = manifest.get("config_hash")
+    if trained_hash is None or trained_hash == here_hash:
+        return None
+    trained, here = state.get("prepared_render"), render_of(manifest)
+    if trained is not None and trained == here:
+        return None
+    if trained is None:
+        differs = ("the checkpoint does not record how its folder made its pixels, and the "
+                   f"folders differ (config_hash {str(trained_hash)[:12]} at training, "
+                   f"{str(here_hash)[:12]} here)")
+    else:
+        diffs = [f"{k} {here.get(k) if here else None!r} here, {trained.get(k)!r} at training"
+                 for k in RENDER_OPTIONS if (here or {}).get(k) != trained.get(k)]
+        differs = "its images are made otherwise: " + "; ".join(diffs)
+    message = (f"{prepared} is not a prepared folder like the one {path} was trained on: "
+               f"{differs}. The model would see pixels it never saw in training")
+    if allow_other_render:
+        return message + " (--allow-other-render)"
+    raise DataError(message + "; prepare the data with the same --window, --context and "
+                    "--spacing, or pass --allow-other-render to predict anyway")
+
+
 def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: str = "test",
             batch_size: int = 8, workers: int = 0, device: str = "auto", amp: bool = False,
             score_thresh: float = 0.001, detections_per_img: int = 100,
-            nms_iou: float | None = None, show_progress: bool = True) -> PredictResult:
+            nms_iou: float | None = None, allow_other_render: bool = False,
+            show_progress: bool = True) -> PredictResult:
     """Write COCO results json of a trained model over ``prepared``'s ``split``.
 
     Boxes are 0-based ``[x, y, w, h]`` pixels of the prepared images, ``category_id`` the prepared
-    COCO ids; the checkpoint's classes must equal the prepared folder's (else :class:`DataError`).
-    ``nms_iou``: the box NMS IoU (default: the one the run was trained with).
+    COCO ids; the checkpoint's classes must equal the prepared folder's, and its images must be
+    made as the training folder's were (:func:`check_same_pixels`), else :class:`DataError`.
+    ``nms_iou``: the box NMS IoU (default: the one the run was trained with). The result names
+    the checkpoint used (:func:`resolve_checkpoint`) and its epoch.
     """
     import time
 
     from deeplesion_cli.formats.detections import write_coco_results
     from deeplesion_cli.frcnn import checkpoint as ckpt
+    from deeplesion_cli.frcnn.data import read_manifest
+    from deeplesion_cli.spec.core import OptionError
+    from deeplesion_cli.spec.frcnn import parse_device
 
     start = time.monotonic()
+    try:
+        many = len(parse_device(device)[1]) > 1
+    except ValueError as exc:
+        raise OptionError(f"--device {exc}", "device") from None
+    if many:
+        raise OptionError(f"--device {device}: `lesion predict frcnn` runs on one device; give "
+                          "one (e.g. 0)", "device")
+    dev = ckpt.pick_device(device)
+    manifest = read_manifest(prepared)
     path = resolve_checkpoint(run_or_checkpoint)
     state = ckpt.load(path)
-    dev = ckpt.pick_device(device)
+    warnings = []
+    other = check_same_pixels(state, path, Path(prepared), manifest, allow_other_render)
+    if other:
+        warnings.append(other)
     model = ckpt.model_from_checkpoint(state, score_thresh=score_thresh,
                                        detections_per_img=detections_per_img,
                                        nms_iou=nms_iou).to(dev)
-    dataset = PreparedSplit(prepared, split)
+    dataset = PreparedSplit(prepared, split, manifest=manifest)
     trained = tuple(state["classes"]["names"])
     if trained != dataset.classes.names:
         raise DataError(f"{path} was trained on classes {list(trained)} but "
@@ -135,5 +209,5 @@ def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: s
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(out_json, gt, dets)
-    return PredictResult(out_json, len(dataset), len(dets), time.monotonic() - start, path, split)
-
+    return PredictResult(out_json, len(dataset), len(dets), time.monotonic() - start, path, split,
+                         state.get("epoch"), warnings)

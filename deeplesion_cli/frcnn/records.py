@@ -41,20 +41,30 @@ class TrainLog:
     (ranks other than 0) it writes nothing."""
 
     def __init__(self, path: Path | None, echo: bool):
+        self.path = path
         self.file = open(path, "a", encoding="utf-8") if path is not None else None
         self.echo = echo
+        self.failed = False         # a write failed (disk full...): lines go to stderr
 
     def __call__(self, message: str, echo: bool = False) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        if self.file is not None:
-            self.file.write(line + "\n")
-            self.file.flush()
-        if self.echo and echo:
+        if self.file is not None and not self.failed:
+            try:
+                self.file.write(line + "\n")
+                self.file.flush()
+            except OSError as exc:
+                self.failed = True
+                print(f"warning: cannot write {self.path} ({exc}); its lines follow here",
+                      file=sys.stderr, flush=True)
+        if self.failed or (self.echo and echo):
             print(message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
 
 
 def metrics_row(stats: EpochStats, ema_loss) -> dict:
@@ -92,12 +102,13 @@ def epoch_line(stats: EpochStats, epochs: int, improved: bool) -> str:
 
 def args_doc(*, prepared: Path, config_hash, options, model_args: dict, class_names,
              world_size: int, device, steps_per_epoch: int, train_images: int, val_images: int,
-             train_eval_images: int, threads: int) -> dict:
+             train_eval_images: int, threads: int, render: dict | None = None) -> dict:
     """``args.json``: the options, the data and the software a run was (re)started with."""
     import torch
 
     return {"tool": "lesion", "version": __version__, "command": "train frcnn",
             "prepared": str(Path(prepared).resolve()), "prepared_config_hash": config_hash,
+            "prepared_render": render,
             "options": options.to_json(), "model_args": _jsonable(model_args),
             "classes": list(class_names), "world_size": world_size,
             "device": str(device), "torch": torch.__version__,

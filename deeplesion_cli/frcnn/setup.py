@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplesion_cli.frcnn import checkpoint as ckpt
 from deeplesion_cli.frcnn.data import ClassMap, DataError, PreparedSplit, collate
-from deeplesion_cli.frcnn.distributed import Dist, init_process_group, rank_device
+from deeplesion_cli.frcnn.distributed import Dist, init_process_group
 from deeplesion_cli.frcnn.evaluate import train_sample_indices
 from deeplesion_cli.frcnn.options import TrainOptions
 from deeplesion_cli.frcnn.threads import resolve_threads
@@ -57,20 +56,18 @@ def set_deterministic(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def setup_process(options: TrainOptions, state: dict | None,
-                  dist_info: Dist) -> tuple[torch.device, int]:
-    """Pick this rank's device, set torch's CPU threads, join the process group and set
-    determinism; returns ``(device, threads)``. The caller restores the thread count after the
-    run (it is process-wide)."""
-    device = ckpt.pick_device(options.device)
+def setup_process(options: TrainOptions, state: dict | None, dist_info: Dist,
+                  device: torch.device) -> int:
+    """Set torch's CPU threads, join the process group on this rank's ``device``
+    (:func:`~deeplesion_cli.frcnn.distributed.device_for_rank`) and set determinism; returns the
+    threads. The caller restores the thread count after the run (it is process-wide)."""
     # a resumed run keeps the thread count it was trained with (recorded when it was chosen)
     threads = ((state or {}).get("threads")
                or resolve_threads(options.threads, options.workers, dist_info.world_size))
     torch.set_num_threads(threads)
-    device = rank_device(device, dist_info)
     init_process_group(dist_info, device)
     set_deterministic(options.deterministic)
-    return device, threads
+    return threads
 
 
 # --------------------------------------------------------------------------------- the data

@@ -52,7 +52,7 @@ lr, scheduler, augment, balanced, device, workers, seed, nms_iou, threads. Unset
 yolo (:data:`~deeplesion_cli.spec.darknet.YOLO_EXPERIMENT`): ``lesion cfg``'s arch (required),
 size (416 or ``"608x416"``), anchors (an anchors.json), batch, subdivisions, max_batches,
 burn_in, lr, small_objects, mosaic, flip; ``lesion train yolo``'s weights (initial weights),
-darknet (binary: a path, or a program name on PATH), gpus (``"0,1"``), map; ``lesion predict
+darknet (binary: a path, or a program name on PATH), gpus (``"0,1"``), map, clear; ``lesion predict
 yolo``'s thresh. ``[eval]``: ``lesion eval``'s options; ``[report]``: ``lesion report``'s
 (:mod:`deeplesion_cli.spec.evaluation`).
 
@@ -109,7 +109,10 @@ experiment that is complete (an experiment outside ``only`` whose run folder doe
 file is left out, with a warning). A step that fails (e.g. a non-finite loss) is logged and
 recorded in :attr:`MatrixResult.failures`; the other experiments go on. Inputs a step needs
 (weights and anchors files, the darknet binary, a darknet fork that can build the arch) are
-checked for every remaining step before the first one starts.
+checked for every remaining step before the first one starts. While it runs, the matrix holds
+``out``'s folder lock (:mod:`deeplesion_cli.lock`): a second ``lesion matrix`` on the same ``out``
+stops with exit code 2; each step locks its own folder (``out/<name>``, ``out/eval``,
+``out/report``) as the command it stands for does.
 
 Modules, one concept each: :mod:`~deeplesion_cli.matrix.options` (which spec options each table
 takes), :mod:`~deeplesion_cli.matrix.model` (the dataclasses and :class:`MatrixError`),

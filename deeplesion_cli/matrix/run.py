@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from deeplesion_cli import atomic
+from deeplesion_cli.errors import LesionInterrupted
+from deeplesion_cli.lock import folder_lock
 from deeplesion_cli.spec import darknet as darknet_spec
 from deeplesion_cli.spec import evaluation as eval_spec
 from deeplesion_cli.matrix.compare import comparison_rows, write_comparison
@@ -85,8 +87,8 @@ def _run_step(matrix: Matrix, step: Step, show_progress: bool) -> None:
         return
     values = options.as_dict()
     if step.kind == "cfg":
-        exp.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(exp.cfg_path, yolo_cfg_text(matrix, exp, prepared_folder(matrix)))
+        with folder_lock(exp.run_dir, "lesion matrix"):
+            atomic.write_text(exp.cfg_path, yolo_cfg_text(matrix, exp, prepared_folder(matrix)))
     elif step.kind in ("train", "resume"):
         shared.train_yolo(prepared, exp.cfg_path, exp.run_dir,
                           {k: v for k, v in values.items() if k in darknet_spec.TRAIN_YOLO},
@@ -125,7 +127,7 @@ def _attempt(result: MatrixResult, key: str, step: Step, call: Callable[[], obje
     (one experiment's failure must not stop the others). True when it ran."""
     try:
         call()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, LesionInterrupted):  # a signal stops the whole matrix
         raise
     except Exception as exc:
         result.failures[key] = f"{step.kind} failed: {_describe(exc)}"
@@ -217,10 +219,15 @@ def run_matrix(path, *, only: Sequence[str] = (), show_progress: bool = True,
     """Run what remains of the matrix file ``path`` (module docstring) and return the result;
     ``log`` receives one line per step (run, skipped or failed)."""
     matrix = path if isinstance(path, Matrix) else load_matrix(path)
+    with folder_lock(matrix.out, "lesion matrix"):  # run folders, eval/ and report/ lock their own
+        return _run_locked(matrix, only, show_progress, log)
+
+
+def _run_locked(matrix: Matrix, only: Sequence[str], show_progress: bool,
+                log: Callable[[str], None]) -> MatrixResult:
     steps = plan(matrix, only)
     _preflight(matrix, steps)
     result = MatrixResult(matrix, steps)
-    matrix.out.mkdir(parents=True, exist_ok=True)
     _run_experiments(matrix, steps, result, show_progress, log)
     states = _states(matrix, steps, result, log)
     complete = [n for n, s in states.items() if s.complete]

@@ -23,6 +23,7 @@ from typing import Sequence
 from deeplesion_cli.matrix.model import (Experiment, ExperimentState, Matrix, MatrixError,
                                          yolo_final_weights)
 from deeplesion_cli.matrix.options import frcnn_spec_now
+from deeplesion_cli.errors import LesionInputError
 from deeplesion_cli.prepared import Prepared, PreparedError
 from deeplesion_cli.spec import darknet as darknet_spec
 
@@ -128,7 +129,10 @@ def _frcnn_state(matrix: Matrix, exp: Experiment, prepared: Prepared) -> Experim
         state.resume = True
         return state
     state.trained = True
-    state.checkpoint = resolve_checkpoint(exp.run_dir)
+    try:
+        state.checkpoint = resolve_checkpoint(exp.run_dir)
+    except LesionInputError as exc:  # e.g. a best.pt the run recorded is gone: this experiment's
+        raise fail(str(exc)) from None
     state.predictions_current = newer_or_same(exp.predictions(matrix.split), state.checkpoint)
     return state
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from deeplesion_cli.deeplesion import hu, schema
+from deeplesion_cli.deeplesion import hu, schema, splits
 from deeplesion_cli.deeplesion.schema import LESION_TYPES
 
 
@@ -61,6 +61,11 @@ class PrepareOptions:
         if len(self.windows) not in (1, 3):
             raise ValueError(f"{len(self.windows)} --window options: a PNG holds 1 (grey) or 3 "
                              "(RGB) channels, so give one window or three")
+        ratios = tuple(self.ratios)
+        if (len(ratios) != 3 or any(not r >= 0 for r in ratios)
+                or not abs(sum(ratios) - 1.0) <= splits.RATIOS_TOLERANCE + 1e-9):
+            raise ValueError(f"--ratios {','.join(map(str, ratios))}: expected three "
+                             "non-negative train, val and test shares summing to 1")
         if self.spacing_mm is not None and not self.spacing_mm > 0:
             raise ValueError(f"--spacing {self.spacing_mm}: must be a positive number of mm")
 

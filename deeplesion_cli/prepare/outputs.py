@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,49 @@ def remove_unplanned(out_dir: Path, planned: list[PlannedImage]) -> None:
         for path in (out_dir / split).iterdir():
             if path.suffix in (".png", ".txt") and path not in keep:
                 path.unlink()
+
+
+def location_files(out_dir: Path, planned: list[PlannedImage], class_names) -> dict[Path, str]:
+    """The files that hold ``out_dir``'s absolute location, path -> text: the darknet lists of
+    every split (absolute image paths), obj.data and data.yaml."""
+    prepared = Prepared(out_dir)
+    files = {prepared.list_path(split): yolo.list_text(
+        [Path(im.job.image_path) for im in planned if im.split == split])
+        for split in splits.SPLITS}
+    files[prepared.data_path] = yolo.obj_data_text(
+        len(class_names), prepared.list_path("train"), prepared.list_path("val"),
+        prepared.names_path, prepared.backup_dir)
+    files[prepared.yaml_path] = yolo.ultralytics_yaml_text(out_dir, class_names)
+    return files
+
+
+def stale_location(out_dir: Path, expected: dict[Path, str]) -> tuple[list[Path], Path | None]:
+    """Which of ``expected`` (:func:`location_files`) are missing or differ on disk, and the
+    folder the old obj.data (or data.yaml) pointed at when it is not ``out_dir`` (a moved or
+    copied folder), else None."""
+    stale, old_root = [], None
+    for path, text in expected.items():
+        try:
+            current = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            stale.append(path)
+            continue
+        if current == text:
+            continue
+        stale.append(path)
+        if path.name == DATA_NAME:
+            for line in current.splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "names" and value.strip():
+                    old_root = Path(value.strip()).parent
+        elif path.name == YAML_NAME and old_root is None:
+            first = current.splitlines()[0] if current else ""
+            if first.startswith("path:"):
+                try:
+                    old_root = Path(json.loads(first[5:].strip()))
+                except ValueError:
+                    pass
+    return stale, (old_root if old_root is not None and old_root != Path(out_dir) else None)
 
 
 def write_metadata(out_dir, planned, categories, class_names, options, config, config_hash,
@@ -107,8 +151,6 @@ def write_metadata(out_dir, planned, categories, class_names, options, config, c
         coco.write(out_dir / _coco_name(split), coco.instances(
             coco_images, coco_annotations, categories,
             description=f"DeepLesion {split} split prepared by lesion {__version__}"))
-        atomic.write_text(prepared.list_path(split), yolo.list_text(
-            [Path(im.job.image_path) for im in images]))
         counts[split] = {
             "images": len(images),
             "lesions": sum(len(im.rows) for im in images),
@@ -116,10 +158,8 @@ def write_metadata(out_dir, planned, categories, class_names, options, config, c
             "per_class": {name: per_class[name] for name in class_names},
         }
     atomic.write_text(prepared.names_path, yolo.names_text(class_names))
-    atomic.write_text(prepared.data_path, yolo.obj_data_text(
-        len(class_names), prepared.list_path("train"), prepared.list_path("val"),
-        prepared.names_path, prepared.backup_dir))
-    atomic.write_text(prepared.yaml_path, yolo.ultralytics_yaml_text(out_dir, class_names))
+    for path, text in location_files(out_dir, planned, class_names).items():
+        atomic.write_text(path, text)
     rejected_path = prepared.rejected_path
     if options.skip_invalid:
         write_rejected(rejected_path, errors)

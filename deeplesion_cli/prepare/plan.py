@@ -9,12 +9,14 @@ signature (inputs' size and mtime, render options, label) tells a re-run whether
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deeplesion_cli.deeplesion import hu
 from deeplesion_cli.deeplesion.schema import LesionRow, RowError
+from deeplesion_cli.errors import LesionInputError
 from deeplesion_cli.formats import yolo
 from deeplesion_cli.prepare.options import PrepareOptions, window_name
 from deeplesion_cli.prepare.rendering import ImageJob
@@ -54,25 +56,87 @@ def _stat_signature(paths) -> str:
     return ";".join(parts)
 
 
-def check_images(groups: dict[str, list[LesionRow]], images_dir: Path) -> list[RowError]:
-    """Errors of the key-slice PNGs (``File_name`` -> rows): missing or unreadable headers, or
-    a size other than the rows' Image_size."""
+def check_images(groups: dict[str, list[LesionRow]], images_dir: Path,
+                 context: int = 1) -> list[RowError]:
+    """Errors of the slice PNGs (``File_name`` -> rows), found before anything is decoded or
+    written: a key slice (and, for ``context=3``, a neighbour on disk) that is missing, not a
+    16-bit grayscale PNG, cut short or corrupt (:func:`hu.check_png_file`), or of a size other
+    than the rows' Image_size."""
     errors = []
     for file_name, rows in groups.items():
         first = rows[0]
         path = first.slice_path(images_dir, first.key_slice_index)
-        try:
-            width, height = hu.check_png_header(path)
-        except hu.ImageError as exc:
-            errors += [RowError(r.row, r.line, "File_name", r.file_name, str(exc), r.file_name)
-                       for r in rows]
-            continue
-        for r in rows:
-            if (width, height) != tuple(r.image_size_px):
-                errors.append(RowError(
-                    r.row, r.line, "Image_size", f"{r.image_size_px[0]}, {r.image_size_px[1]}",
-                    f"{path} is {width}x{height} pixels", r.file_name))
+        paths = [path]
+        if context == 3:
+            paths += [p for p in (first.slice_path(images_dir, first.key_slice_index - 1),
+                                  first.slice_path(images_dir, first.key_slice_index + 1))
+                      if p.is_file()]
+        for slice_path in paths:
+            try:
+                width, height = hu.check_png_file(slice_path)
+            except hu.ImageError as exc:
+                errors += [RowError(r.row, r.line, "File_name", r.file_name, str(exc),
+                                    r.file_name) for r in rows]
+                break
+            if slice_path != path and (width, height) != tuple(first.image_size_px):
+                errors += [RowError(r.row, r.line, "Slice_range",
+                                    f"{r.slice_range[0]}, {r.slice_range[1]}",
+                                    f"neighbour slice {slice_path} is {width}x{height} pixels, "
+                                    f"the key slice {path.name} "
+                                    f"{r.image_size_px[0]}x{r.image_size_px[1]}", r.file_name)
+                           for r in rows]
+                break
+            if slice_path == path:
+                for r in rows:
+                    if (width, height) != tuple(r.image_size_px):
+                        errors.append(RowError(
+                            r.row, r.line, "Image_size",
+                            f"{r.image_size_px[0]}, {r.image_size_px[1]}",
+                            f"{path} is {width}x{height} pixels", r.file_name))
     return errors
+
+
+#: The largest side (px) of a prepared image: a --spacing that would resample beyond it is
+#: refused before anything is read or written (it would exhaust memory, not make a better image).
+MAX_SIDE_PX = 8192
+
+
+def planned_size(row: LesionRow, spacing_mm: float | None) -> tuple[int, int]:
+    """(width, height) in px of ``row``'s image after resampling to ``spacing_mm``."""
+    width0, height0 = row.image_size_px
+    if not spacing_mm:
+        return width0, height0
+    return (max(1, round(width0 * row.spacing_mm[0] / spacing_mm)),
+            max(1, round(height0 * row.spacing_mm[1] / spacing_mm)))
+
+
+def check_sizes(rows: list[LesionRow], options: PrepareOptions) -> None:
+    """Refuse a ``--spacing`` that would make any image larger than :data:`MAX_SIDE_PX` per side
+    (:class:`LesionInputError` naming the largest one, its size and the smallest spacing that
+    every image allows)."""
+    spacing = options.spacing_mm
+    if not spacing or not rows:
+        return
+    first_of = {}
+    for r in rows:
+        first_of.setdefault(r.file_name, r)
+    extent_mm = {name: max(r.image_size_px[0] * r.spacing_mm[0],
+                           r.image_size_px[1] * r.spacing_mm[1])
+                 for name, r in first_of.items()}
+    too_big = [name for name, mm in extent_mm.items() if mm / spacing >= MAX_SIDE_PX + 0.5]
+    if not too_big:
+        return
+    worst = max(too_big, key=lambda name: (extent_mm[name], -first_of[name].row))
+    row = first_of[worst]
+    w, h = (row.image_size_px[i] * row.spacing_mm[i] / spacing for i in (0, 1))
+    size = f"{w:.0f}x{h:.0f} px" if math.isfinite(max(w, h)) else "of unbounded size"
+    smallest = math.ceil(max(extent_mm.values()) / MAX_SIDE_PX * 1e4) / 1e4
+    raise LesionInputError(
+        f"--spacing {spacing:g}: {len(too_big)} of {len(first_of)} images would be larger than "
+        f"{MAX_SIDE_PX} px per side, e.g. row {row.row} ({row.file_name}, "
+        f"{row.image_size_px[0]}x{row.image_size_px[1]} px of {row.spacing_mm[0]:g}x"
+        f"{row.spacing_mm[1]:g} mm) would be {size}; the smallest spacing every image allows "
+        f"is {smallest:g} mm")
 
 
 def plan_image(split: str, rows: list[LesionRow], options: PrepareOptions,
@@ -81,11 +145,7 @@ def plan_image(split: str, rows: list[LesionRow], options: PrepareOptions,
     (0-based px of the prepared image, clipped to the native grid first)."""
     first = rows[0]
     width0, height0 = first.image_size_px
-    if options.spacing_mm:
-        width = max(1, round(width0 * first.spacing_mm[0] / options.spacing_mm))
-        height = max(1, round(height0 * first.spacing_mm[1] / options.spacing_mm))
-    else:
-        width, height = width0, height0
+    width, height = planned_size(first, options.spacing_mm)
     sx, sy = width / width0, height / height0
     boxes, classes, clipped = [], [], []
     for r in rows:

@@ -67,9 +67,14 @@ def render(job: ImageJob) -> tuple[str, str, str | None]:
     image = Image.fromarray(pixels)
     if image.size != tuple(job.size_px):
         image = image.resize(tuple(job.size_px), Image.Resampling.BILINEAR)
-    atomic.write_text(Path(job.label_path), job.label_text)
-    atomic.write_with(Path(job.image_path),
-                      lambda p: image.save(p, format="PNG", compress_level=hu.PNG_COMPRESS_LEVEL))
+    target = job.label_path
+    try:
+        atomic.write_text(Path(target), job.label_text)
+        target = job.image_path
+        atomic.write_with(Path(target), lambda p: image.save(
+            p, format="PNG", compress_level=hu.PNG_COMPRESS_LEVEL))
+    except OSError as exc:  # disk full, read-only: the caller stops the run and names the file
+        raise OSError(exc.errno, exc.strerror or str(exc), target) from None
     return job.key, digest.hexdigest(), None
 
 

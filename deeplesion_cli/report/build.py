@@ -89,6 +89,9 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
     eval_labels = unique_names([safe_name(Path(e).resolve().name) for e in evals])
     eval_infos = [load_eval(e, label) for e, label in zip(evals, eval_labels)]
     prep = load_prepared(Path(prepared)) if prepared is not None else None
+    if prep is not None:
+        for ev in eval_infos:
+            check_same_data(ev, prep)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +116,22 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
     index = _finish(w)
     return ReportResult(out_dir=out_dir, index=index, files=list(w.files),
                         warnings=list(w.warnings))
+
+
+def check_same_data(ev: EvalInfo, prep: PreparedInfo) -> None:
+    """Refuse an evaluation scored on another prepared folder's data than ``prep``: both
+    config hashes (metrics.json's ``prepared.config_hash``, the manifest's ``config_hash``) must
+    be known and equal. An evaluation that records none (a plain COCO file, an older lesion) is
+    not checked."""
+    record = ev.document.get("prepared")
+    theirs = record.get("config_hash") if isinstance(record, dict) else None
+    ours = prep.manifest.get("config_hash")
+    if theirs and ours and theirs != ours:
+        raise ReportInputError(
+            f"--eval {ev.path} was scored on the prepared folder {record.get('path')} "
+            f"(config_hash {str(theirs)[:12]}), but --prepared {prep.path} holds other data "
+            f"(config_hash {str(ours)[:12]}): give the prepared folder the evaluation was "
+            "scored on, or re-run lesion eval on this one")
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -183,6 +202,9 @@ def _eval_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list[Eva
                     f"{o.get('score')}, bootstrap {o.get('bootstrap', 0)}; runs: "
                     f"{', '.join(ev.document['runs'])}")
     w.md.append("")
+    for ev in eval_infos:
+        for message in ev.document.get("warnings") or []:
+            w.warn(f"eval {ev.label}: {message}")
     blocks = [(lab, b, d) for lab, _, b, d, _ in entries]
     ev_tables = [tables.backend_table(blocks), tables.froc_table(blocks),
                  tables.per_class_table(blocks), tables.box_size_table(blocks)]
@@ -195,8 +217,12 @@ def _eval_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list[Eva
         w.md.append("### FROC of every run\n")
         w.md.append(w.image_md(p, "FROC") + "\n")
         w.tex_fig(p, "FROC of every evaluated run", figs)
+    # file-safe run names, unique within each evaluation (a/b and a_b must not share a figure)
+    safe_of = {id(ev): dict(zip(ev.document["runs"],
+                                unique_names([safe_name(n) for n in ev.document["runs"]])))
+               for ev in eval_infos}
     for lab, name, block, _doc, ev in entries:
-        base, safe = f"eval/{ev.label}/", safe_name(name)
+        base, safe = f"eval/{ev.label}/", safe_of[id(ev)][name]
         w.md.append(f"### {lab}: precision-recall and confusion\n")
         items = []
         if block.get("per_class"):
@@ -266,6 +292,8 @@ def _eval_overlays(w: ReportWriter, ev: EvalInfo, runs_here: list[tuple[str, str
             chosen.append(idx)
     o = ev.document.get("options") or {}
     score, iou = float(o.get("score", 0.25)), float(o.get("iou", 0.5))
+    safe_runs = dict(zip(ev.document["runs"],
+                         unique_names([safe_name(n) for n in ev.document["runs"]])))
     for lab, name, block in runs_here:
         dets = data.detections(name, block)
         if dets is None:
@@ -292,7 +320,7 @@ def _eval_overlays(w: ReportWriter, ev: EvalInfo, runs_here: list[tuple[str, str
                 continue
             gt_boxes, preds = overlays.boxes_of_image(data.gt, dets, s.index, score, iou,
                                                       matched)
-            rel = (f"overlays/{ev.label}/{safe_name(name)}/{prefix}_"
+            rel = (f"overlays/{ev.label}/{safe_runs[name]}/{prefix}_"
                    f"{safe_name(Path(s.name).stem)}.png")
             p = w.figure(rel, overlays_draw, image_path, gt_boxes, preds,
                          _overlay_caption(lab, s.name, kind, s, score, iou))

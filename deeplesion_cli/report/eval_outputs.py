@@ -11,14 +11,15 @@ from pathlib import Path
 
 from deeplesion_cli import atomic
 from deeplesion_cli.report import plots, tables
+from deeplesion_cli.report.writer import unique_names
 
 
 def write_eval_outputs(document: dict, out_dir: Path) -> list[Path]:
     """Write ``document`` (the metrics.json that
     :func:`~deeplesion_cli.evaluation.evaluate.evaluate_runs` returns) into ``out_dir``:
     metrics.json, per_class.csv, summary.md, froc.png and per run ``pr_<run>.png`` and
-    ``confusion_<run>.png`` (run names made file-safe). Files are written atomically; returns the
-    paths written, in that order."""
+    ``confusion_<run>.png`` (run names made file-safe, and unique with ``_2``, ``_3``...). Files
+    are written atomically; returns the paths written, in that order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -32,9 +33,13 @@ def write_eval_outputs(document: dict, out_dir: Path) -> list[Path]:
     text("summary.md", tables.summary_markdown(document))
     plots.froc_curves(document["runs"], out_dir / "froc.png")
     written.append(out_dir / "froc.png")
-    for run, block in document["runs"].items():
-        # keep letters, digits, - _ . so that a run name cannot leave out_dir or break a path
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run)
+    runs = list(document["runs"])
+    # keep letters, digits, - _ . so that a run name cannot leave out_dir or break a path; two
+    # names that become the same (a/b, a_b) get _2, _3... so that no run's plot overwrites another
+    safe_names = unique_names(["".join(c if c.isalnum() or c in "-_." else "_" for c in run)
+                               for run in runs])
+    for run, safe in zip(runs, safe_names):
+        block = document["runs"][run]
         for name, draw in ((f"pr_{safe}.png", plots.pr_curves),
                            (f"confusion_{safe}.png", plots.confusion_matrix)):
             draw(run, block, out_dir / name)

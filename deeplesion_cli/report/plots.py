@@ -30,12 +30,16 @@ def _save(fig, path: Path, pdf: bool = False) -> list[Path]:
 
 
 def pr_curves(run: str, block: dict, path: Path, pdf: bool = False) -> list[Path]:
-    """Precision-recall per class at IoU 0.5 (COCO's interpolated curve, 101 recall points)."""
+    """Precision-recall per class at IoU 0.5 (COCO's interpolated curve, 101 recall points).
+    A run without detections has no curve (precision is undefined): the plot says so."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
+    if block.get("n_detections") == 0:
+        ax.text(0.5, 0.5, "no detections:\nprecision undefined, recall 0", ha="center",
+                va="center", transform=ax.transAxes)
     for cat_id, c in block["per_class"].items():
         curve = c.get("pr_curve_iou50")
-        if not curve or c["AP50"] < 0:
+        if not curve or c["AP50"] is None or c["AP50"] < 0 or block.get("n_detections") == 0:
             continue
         ax.plot(curve["recall"], curve["precision"], label=f"{c['name']} (AP50 {c['AP50']:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
@@ -54,9 +58,13 @@ def froc_curves(runs: dict[str, dict], path: Path, pdf: bool = False) -> list[Pa
     fig, ax = plt.subplots(figsize=(6, 5))
     for run, block in runs.items():
         f = block["froc"]
-        line, = ax.plot(f["curve_fps"], f["curve_sens"], label=f"{run} "
-                        f"(mean@0.5-4 {f['mean_sens_0.5_4']:.3f})")
-        ax.plot(f["fps"], f["sens"], "o", color=line.get_color())
+        mean = f.get("mean_sens_0.5_4")
+        what = "no detections" if block.get("n_detections") == 0 else \
+            f"mean@0.5-4 {mean:.3f}" if mean is not None else "no lesions"
+        line, = ax.plot(f["curve_fps"], f["curve_sens"], label=f"{run} ({what})")
+        points = [(x, y) for x, y in zip(f["fps"], f["sens"]) if y is not None]
+        if points:
+            ax.plot(*zip(*points), "o", color=line.get_color())
     ax.set_xscale("log")
     ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.02),
            xlim=(0.125, 32), title="FROC (official DeepLesion protocol)")

@@ -56,11 +56,10 @@ def _get(block: dict, path):
 
 
 def _fmt(value) -> str:
-    if value is None:
+    """A summary cell: undefined values (None, NaN) as ``–``, COCO's -1 as ``-1``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
         return "-1" if value == -1 else f"{value:.4f}"
     return str(value)
 
@@ -77,9 +76,10 @@ def summary_rows(document: dict) -> tuple[list[str], list[list[str]]]:
                 at = block["at_score"]
                 cells.append(f"{at['tp']} / {at['fp']} / {at['fn']}")
                 continue
-            text = _fmt(_get(block, path))
+            value = _get(block, path)
+            text = _fmt(value)
             ci = block.get("bootstrap", {}).get("ci95", {}).get(boot) if boot else None
-            if ci:
+            if ci and text != "–":
                 text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
             cells.append(text)
         rows.append(cells)
@@ -112,6 +112,9 @@ def summary_markdown(document: dict) -> str:
             cells.append(f"{_fmt(c['AP'])} / {_fmt(c['AP50'])} / {_fmt(c.get('voc_ap_all'))}")
         per_rows.append(cells)
     parts.append(markdown(per_header, per_rows))
+    if document.get("warnings"):
+        parts.append("\n## Warnings\n")
+        parts.append("\n".join(f"- {m}" for m in document["warnings"]) + "\n")
     paired = document.get("paired_difference")
     if paired:
         a, b = paired["runs"]
@@ -173,14 +176,12 @@ def _as_cell(value) -> Cell:
 
 def format_value(value, digits: int = 3, missing: str = MISSING) -> str:
     """Display text: floats with ``digits`` decimals (COCO's -1 as ``-1``), ints as they are,
-    None as ``missing``."""
-    if value is None:
+    undefined values (None, NaN) as ``missing``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
         if value == -1:
             return "-1"
         return f"{value:.{digits}f}"
@@ -191,7 +192,7 @@ def format_cell(value, missing: str = MISSING) -> str:
     """A cell's display text; with an interval ``0.812 [0.790, 0.833]``."""
     cell = _as_cell(value)
     text = format_value(cell.value, cell.digits, missing)
-    if cell.ci is not None and cell.value is not None:
+    if cell.ci is not None and text != missing:
         lo, hi = cell.ci
         text += f" [{lo:.{cell.digits}f}, {hi:.{cell.digits}f}]"
     return text
@@ -289,7 +290,7 @@ def backend_table(runs: list[tuple[str, dict, dict]]) -> Table:
         rows.append(row)
     note = ("COCO AP = AP@[.5:.95] (pycocotools); VOC mAP = all-point at the evaluation's IoU; "
             "FROC = sensitivity at FP/image (official DeepLesion protocol); precision, recall, "
-            "F1 at score >= the `score` column. Brackets: patient-level bootstrap 95% interval "
+            "F1 at score >= the `score` column (–: undefined, e.g. precision when no detection is kept). Brackets: patient-level bootstrap 95% interval "
             "(`lesion eval --bootstrap`). Definitions: docs/metrics.md.")
     return Table("backends", "Backend comparison", header, rows, note)
 

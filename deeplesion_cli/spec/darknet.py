@@ -46,6 +46,10 @@ TRAIN_YOLO = Spec("train yolo", [
     Option("gpus", "gpus", None, compared=False, help="GPU ids for darknet, e.g. 0,1."),
     Option("map", "bool", False,
            help="Compute mAP on the validation list while training (AlexeyAB/hank-ai)."),
+    Option("clear", "bool", False,
+           help="Train from --weights with darknet's images-seen count restarted at 0 "
+                "(darknet -clear), e.g. from a finished run's weights, which would otherwise "
+                "train 0 iterations."),
 ])
 
 PREDICT_YOLO = Spec("predict yolo", [

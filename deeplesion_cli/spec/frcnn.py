@@ -8,6 +8,8 @@ the engine then reads ``options.<name>``. No torch import: ``lesion --help`` rea
 
 from __future__ import annotations
 
+import re
+
 from deeplesion_cli.prepared import SPLITS
 from deeplesion_cli.spec.core import Option, Spec
 
@@ -23,6 +25,61 @@ DEFAULT_LR = {"adam": 1e-4, "sgd": 2e-5}
 SELECT_METRICS = {"map50": "mAP50", "map75": "mAP75", "map": "mAP", "froc4": "froc_sens4",
                   "mean_iou": "mean_iou"}
 SCHEDULERS = ("none", "step", "cosine")
+
+#: the forms ``--device`` takes, as error messages list them
+DEVICE_FORMS = ("auto, cpu, cuda, cuda:N or N (a CUDA index, as darknet and Ultralytics take "
+                "it; under torchrun a list such as 0,1 gives each rank of a machine its own GPU)")
+
+
+def parse_device(text) -> tuple[str, tuple[int, ...]]:
+    """``--device`` as typed -> ``(kind, CUDA indices)``: ``auto``/``cpu``/``cuda`` -> no index,
+    ``cuda:1`` and ``1`` -> ``("cuda", (1,))``, ``0,1`` -> ``("cuda", (0, 1))`` (one per torchrun
+    rank). ValueError naming the valid forms for anything else (``gpu``, ``cuda:x``, ``""``)."""
+    value = str(text).strip().lower()
+    if value in ("auto", "cpu", "cuda"):
+        return value, ()
+    match = re.fullmatch(r"cuda:(\d+)", value)
+    if match:
+        return "cuda", (int(match.group(1)),)
+    compact = value.replace(" ", "")
+    if re.fullmatch(r"\d+(,\d+)*", compact):
+        indices = tuple(int(v) for v in compact.split(","))
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"{text!r}: a CUDA index is listed twice")
+        return "cuda", indices
+    hint = " (a GPU is cuda, cuda:N or N)" if value in ("gpu", "gpus", "nvidia") else ""
+    raise ValueError(f"{text!r}: expected {DEVICE_FORMS}{hint}")
+
+
+class DeviceOption(Option):
+    """``--device``: its value is checked by :func:`parse_device` wherever it comes from (command
+    line, matrix TOML, library)."""
+
+    def problem(self, value):
+        message = super().problem(value)
+        if message or value is None:
+            return message
+        try:
+            parse_device(value)
+        except ValueError as exc:
+            return f"{self.cli_flag} {exc}"
+        return None
+
+    def click_type(self):
+        import click
+
+        class DeviceType(click.ParamType):
+            name = "device"
+
+            def convert(self, value, param, ctx):
+                try:
+                    parse_device(value)
+                except ValueError as exc:
+                    self.fail(str(exc), param, ctx)
+                return value
+
+        return DeviceType()
+
 
 TRAIN_FRCNN = Spec("train frcnn", [
     Option("arch", "str", "resnet50_fpn", choices=ARCHS,
@@ -62,8 +119,9 @@ TRAIN_FRCNN = Spec("train frcnn", [
            help="seed: pad 50 px, rotate +-30 deg, crop 0-64 px per side, resize to --size; "
                 "no flip."),
     Option("amp", "bool", False, help="Mixed precision (float16 on CUDA, bfloat16 on CPU)."),
-    Option("device", "str", "auto", resumable=True, compared=False,
-           help="auto (CUDA when present), cpu, cuda, cuda:1 ..."),
+    DeviceOption("device", "str", "auto", resumable=True, compared=False,
+                 help="auto (CUDA when present), cpu, cuda, cuda:N or N (0 = cuda:0); under "
+                      "torchrun, 0,1 gives each rank of a machine its GPU."),
     Option("workers", "int", 2, low=0, resumable=True, compared=False,
            help="Data loader worker processes."),
     Option("seed", "int", 0),
@@ -110,7 +168,12 @@ PREDICT_FRCNN = Spec("predict frcnn", [
     Option("max_dets", "int", 100, low=1, help="Detections kept per image."),
     Option("nms_iou", "float", None, low=0, high=1, low_open=True,
            help="Box NMS IoU (default: the run's --nms-iou)."),
-    Option("device", "str", "auto"),
+    DeviceOption("device", "str", "auto",
+                 help="auto (CUDA when present), cpu, cuda, cuda:N or N (0 = cuda:0)."),
+    Option("allow_other_render", "bool", False,
+           help="Predict even when PREPARED makes its pixels otherwise (--window, --context, "
+                "--spacing of `lesion prepare`) than the folder the model was trained on, e.g. "
+                "to measure robustness to the window."),
     Option("amp", "bool", False,
            help="float16 inference on CUDA (faster; box coordinates come out rounded to "
                 "0.25-0.5 px at 512 px). Ignored on CPU."),
