@@ -79,7 +79,9 @@ Outputs
   the network width is at most 32 AlexeyAB prints ``%2.4f`` instead, and so does this function
   (``%.4f``). hank-ai truncates (``(int)w``) instead of rounding, so its line can be 1 px smaller.
 * :func:`to_json` / :func:`write_anchors_json`: ``anchors.json`` (read by ``lesion cfg --anchors``
-  and ``lesion train frcnn --anchors``).
+  and ``lesion train frcnn --anchors``). :func:`anchors_for_size` reads its pixel anchors for
+  another network size: widths scaled by the ratio of the widths, heights by that of the
+  heights (k-means on relative box sizes scales exactly so).
 * torchvision ``AnchorGenerator(sizes, aspect_ratios)`` forms in that json:
 
   - ``"torchvision"`` (one feature level, e.g. a C4 backbone): ``sizes = ((s_1, ..., s_k),)`` with
@@ -518,3 +520,61 @@ def to_json(result: AnchorResult) -> dict:
 def write_anchors_json(path, result: AnchorResult) -> None:
     """Write :func:`to_json` to ``path`` atomically (2-space indent, trailing newline)."""
     atomic.write_text(Path(path), json.dumps(to_json(result), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- reading anchors.json
+
+@dataclass
+class SizedAnchors:
+    """Pixel anchors of an anchors.json fitted to a network size (:func:`anchors_for_size`)."""
+
+    anchors_px: list[list[float]]   # [[w, h], ...] at ``size``
+    size: tuple[int, int]           # the network size they are for (width, height)
+    source_size: tuple[int, int] | None   # the json's network_size; None when it has none
+    note: str                       # how they were fitted, for the command's output line
+    warnings: list[str]
+
+
+def anchors_for_size(doc, size, source: str = "anchors.json") -> SizedAnchors:
+    """The ``anchors`` of an anchors.json document ``doc`` (pixels at its ``network_size``)
+    rescaled to the network ``size`` (width, height): each width times ``W / w0``, each height
+    times ``H / h0``, rounded to 0.0001 px as the json stores them. A document without
+    ``network_size`` gives its anchors as they are, with a warning. :class:`AnchorsInputError`
+    names ``source`` and the bad field."""
+    width, height = (int(v) for v in size)
+    anchors = doc.get("anchors") if isinstance(doc, dict) else None
+    if (not isinstance(anchors, list) or not anchors
+            or not all(isinstance(a, (list, tuple)) and len(a) == 2
+                       and all(_positive(v) for v in a) for a in anchors)):
+        raise AnchorsInputError(f"{source}: 'anchors' must be a list of [width, height] pairs "
+                                f"of positive pixels (as `lesion anchors` writes), not "
+                                f"{str(anchors)[:80]}")
+    net = doc.get("network_size")
+    if net is None:
+        return SizedAnchors([[float(w), float(h)] for w, h in anchors], (width, height), None,
+                            f"anchors from {source} as they are (it records no network_size)",
+                            [f"{source} has no network_size (the size `lesion anchors` computed "
+                             f"its pixels for): its anchors are used unscaled at {width}x{height}; "
+                             "write it again with `lesion anchors --size` to be sure"])
+    if not (isinstance(net, (list, tuple)) and len(net) == 2 and all(_positive(v) for v in net)):
+        raise AnchorsInputError(f"{source}: 'network_size' must be [width, height] in pixels, "
+                                f"not {net!r}")
+    w0, h0 = float(net[0]), float(net[1])
+    sx, sy = width / w0, height / h0
+    scaled = [[round(float(w) * sx, 4), round(float(h) * sy, 4)] for w, h in anchors]
+    was = f"{_size_text(net)}"
+    if sx == 1 and sy == 1:
+        note = f"anchors from {source} (computed for {was})"
+    else:
+        note = (f"anchors from {source} rescaled from {was} to {width}x{height} "
+                f"(widths x {sx:.4g}, heights x {sy:.4g})")
+    return SizedAnchors(scaled, (width, height), (int(w0), int(h0)), note, [])
+
+
+def _positive(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
+def _size_text(net) -> str:
+    return "x".join(f"{float(v):g}" for v in net)

@@ -15,6 +15,8 @@ train_yolo      darknet training                              ``lesion train yol
 predict_yolo    COCO results json of darknet weights          ``lesion predict yolo``
 evaluate        metrics.json, tables and plots                ``lesion eval``
 report          figures and tables of runs and evaluations    ``lesion report``
+predict_run     a run folder's detections, cached in it       ``lesion eval --run``
+score_test      a run's test metrics into ``<run>/test/``     ``train ... --test``
 ==============  ============================================  ======================
 
 Heavy modules (torch, numpy, matplotlib) are imported inside the functions.
@@ -54,13 +56,20 @@ class AnchorsFileError(LesionInputError):
     """An anchors.json that cannot be read."""
 
 
-def read_anchors_px(path) -> list:
-    """The ``anchors`` list of an anchors.json of ``lesion anchors`` (``[[w, h], ...]`` pixels at
-    the size it was computed for)."""
+def read_anchors_px(path, size):
+    """The anchors of an anchors.json of ``lesion anchors`` fitted to the network ``size`` (w, h):
+    :class:`deeplesion_cli.anchors.SizedAnchors` (pixels rescaled from the json's
+    ``network_size``, with a note saying so)."""
+    from deeplesion_cli.anchors import AnchorsInputError, anchors_for_size
+
     try:
-        return json.loads(Path(path).read_text())["anchors"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
         raise AnchorsFileError(f"cannot read anchors from {path} ({exc})") from None
+    try:
+        return anchors_for_size(doc, size, str(path))
+    except AnchorsInputError as exc:
+        raise AnchorsFileError(str(exc)) from None
 
 
 def cfg_text(prepared, values: Mapping | None = None, *, max_batches: int | None = None) -> str:
@@ -72,10 +81,12 @@ def cfg_text(prepared, values: Mapping | None = None, *, max_batches: int | None
 
     prepared = Prepared(prepared)
     v = _values(darknet_spec.CFG, values)
-    anchors_px = read_anchors_px(v["anchors"]) if v["anchors"] else None
+    size = parse_size(v["size"])
+    anchors = read_anchors_px(v["anchors"], size) if v["anchors"] else None
     return generate_cfg(
-        v["arch"], classes=prepared.num_classes, size=parse_size(v["size"]),
-        anchors_px=anchors_px, batch=v["batch"], subdivisions=v["subdivisions"],
+        v["arch"], classes=prepared.num_classes, size=size,
+        anchors_px=anchors.anchors_px if anchors else None, batch=v["batch"],
+        subdivisions=v["subdivisions"],
         max_batches=max_batches if max_batches is not None else v["max_batches"],
         burn_in=v["burn_in"], n_train_images=prepared.counts["train"]["images"],
         small_objects=v["small_objects"], mosaic=v["mosaic"], flip=v["flip"],
@@ -90,20 +101,27 @@ class CfgWritten:
     classes: int
     yolo_layers: int
     warnings: list[str] = field(default_factory=list)
+    anchors_note: str | None = None   # where the anchors came from (rescaled to --size?)
 
 
 def write_cfg(prepared, out_path, values: Mapping | None = None) -> CfgWritten:
     """Write :func:`cfg_text` to ``out_path`` atomically; the result carries the cfg's [net]
-    values and the warnings of ``lesion cfg --check``."""
+    values, the warnings of ``lesion cfg --check`` and, with ``anchors``, how anchors.json was
+    fitted to ``size`` (rescaled from its ``network_size``; a json without one: a warning)."""
+    from deeplesion_cli.anchors import parse_size
     from deeplesion_cli.darknet.cfg import check_cfg, parse_cfg
 
+    v = _values(darknet_spec.CFG, values)
+    anchors = read_anchors_px(v["anchors"], parse_size(v["size"])) if v["anchors"] else None
     text = cfg_text(prepared, values)
     out_path = Path(out_path)
     atomic.write_text(out_path, text)
     cfg = parse_cfg(text, str(out_path))
     warnings = [f"{out_path}:{p}" for p in check_cfg(cfg) if p.severity == "warning"]
-    return CfgWritten(out_path, _values(darknet_spec.CFG, values)["arch"], dict(cfg.net.options),
-                      Prepared(prepared).num_classes, len(cfg.of_type("yolo")), warnings)
+    return CfgWritten(out_path, v["arch"], dict(cfg.net.options),
+                      Prepared(prepared).num_classes, len(cfg.of_type("yolo")),
+                      (anchors.warnings if anchors else []) + warnings,
+                      anchors.note if anchors else None)
 
 
 def cfg_words(prepared, out_path, values: Mapping | None = None, cwd: Path | None = None, *,
@@ -172,11 +190,16 @@ def predict_frcnn(run, prepared, out_json, values: Mapping | None = None, *,
     from deeplesion_cli.frcnn.predict import predict
 
     v = _values(frcnn_spec.PREDICT_FRCNN, values)
-    return predict(run, prepared, out_json, split=v["split"], batch_size=v["batch_size"],
-                   workers=v["workers"], device=v["device"], amp=v["amp"],
-                   score_thresh=v["score_thresh"], detections_per_img=v["max_dets"],
-                   nms_iou=v["nms_iou"], allow_other_render=v["allow_other_render"],
-                   show_progress=show_progress)
+    result = predict(run, prepared, out_json, split=v["split"], batch_size=v["batch_size"],
+                     workers=v["workers"], device=v["device"], amp=v["amp"],
+                     score_thresh=v["score_thresh"], detections_per_img=v["max_dets"],
+                     nms_iou=v["nms_iou"], allow_other_render=v["allow_other_render"],
+                     show_progress=show_progress)
+    if v["draw"]:   # --draw N: pictures beside the detections (backends may not draw)
+        from deeplesion_cli.report.overlays import draw_predictions
+
+        draw_predictions(prepared, v["split"], result.out_json, v["draw"])
+    return result
 
 
 def predict_frcnn_words(run, prepared, out_json, values: Mapping | None = None,
@@ -193,13 +216,42 @@ def predict_frcnn_words(run, prepared, out_json, values: Mapping | None = None,
 @locks("run_dir", "lesion train yolo")
 def train_yolo(prepared, cfg_path, run_dir, values: Mapping | None = None, *,
                resume: bool = False, show_progress: bool = True):
-    """``lesion train yolo``: the real darknet, judged by lesion (weights written, rate > 0...)."""
+    """``lesion train yolo``: the real darknet, judged by lesion (weights written, rate > 0...),
+    then ``<run>/curves.png`` drawn from metrics.csv: every session of the run (darknet's own
+    chart.png restarts when a run resumes), also after a failed or stopped run."""
     from deeplesion_cli.darknet.train import train
 
     v = _values(darknet_spec.TRAIN_YOLO, values)
-    return train(prepared, cfg_path, run_dir, weights=None if resume else v["weights"],
-                 darknet=v["darknet"], gpus=v["gpus"], map=v["map"], resume=resume,
-                 show_progress=show_progress, clear=False if resume else v["clear"])
+    try:
+        result = train(prepared, cfg_path, run_dir, weights=None if resume else v["weights"],
+                       darknet=v["darknet"], gpus=v["gpus"], map=v["map"], resume=resume,
+                       show_progress=show_progress, clear=False if resume else v["clear"],
+                       map_epochs=v["map_epochs"], iou_thresh=v["iou_thresh"],
+                       chart=v["chart"])
+    except Exception:
+        _draw_yolo_curves(Path(run_dir), [])  # what the run logged before it failed
+        raise
+    _draw_yolo_curves(Path(run_dir), result.warnings)
+    return result
+
+
+def _draw_yolo_curves(run_dir: Path, warnings: list) -> Path | None:
+    """``<run>/curves.png`` from all of metrics.csv (best effort: a failure is a warning)."""
+    from deeplesion_cli import runlog
+
+    metrics = run_dir / "metrics.csv"
+    png = run_dir / "curves.png"
+    try:
+        rows = runlog.read_metrics(metrics) if metrics.is_file() else []
+        if not rows:
+            return None
+        from deeplesion_cli.report.plots import DARKNET_CURVES, training_curves
+
+        training_curves(rows, png, title=run_dir.name, **DARKNET_CURVES)
+    except Exception as exc:  # noqa: BLE001 - drawing is best effort
+        warnings.append(f"could not draw {png}: {exc}")
+        return None
+    return png
 
 
 def train_yolo_words(prepared, cfg_path, run_dir, values: Mapping | None = None,
@@ -225,8 +277,13 @@ def predict_yolo(prepared, cfg_path, weights, out_json, values: Mapping | None =
     from deeplesion_cli.darknet.predict import predict
 
     v = _values(darknet_spec.PREDICT_YOLO, values)
-    return predict(prepared, cfg_path, weights, split=v["split"], out_json=out_json,
+    path = predict(prepared, cfg_path, weights, split=v["split"], out_json=out_json,
                    darknet=v["darknet"], thresh=v["thresh"], show_progress=show_progress)
+    if v["draw"]:   # --draw N: pictures beside the detections (backends may not draw)
+        from deeplesion_cli.report.overlays import draw_predictions
+
+        draw_predictions(prepared, v["split"], path, v["draw"])
+    return path
 
 
 def predict_yolo_words(prepared, cfg_path, weights, out_json, values: Mapping | None = None,
@@ -281,10 +338,18 @@ def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | No
 
 
 def evaluate_words(ground_truth, predictions: Mapping[str, Path], values: Mapping | None = None,
-                   cwd: Path | None = None, *, split: str = "test", out_dir=None) -> list[str]:
+                   cwd: Path | None = None, *, split: str = "test", out_dir=None,
+                   runs: Mapping[str, Path] | None = None,
+                   checkpoint: str = "best") -> list[str]:
+    """``lesion eval GT --split S --pred NAME=FILE... [--run NAME=RUN... --checkpoint C]
+    [options] [--out DIR]``."""
     words = _words(["eval"], [ground_truth], cwd) + ["--split", split]
     for name, path in predictions.items():
         words += ["--pred", f"{name}={shell_path(path, cwd)}"]
+    for name, path in (runs or {}).items():
+        words += ["--run", f"{name}={shell_path(path, cwd)}"]
+    if runs and checkpoint != "best":
+        words += ["--checkpoint", checkpoint]
     words += eval_spec.EVAL.words(_values(eval_spec.EVAL, values), cwd)
     return words + (["--out", shell_path(out_dir, cwd)] if out_dir is not None else [])
 
@@ -311,3 +376,98 @@ def report_words(runs: Sequence[Path], evals: Sequence[Path], prepared, out_dir,
         words += ["--prepared", shell_path(prepared, cwd)]
     words += ["--out", shell_path(out_dir, cwd)]
     return words + eval_spec.REPORT.words(dict(values or {}), cwd, changed_only=True)
+
+
+# ------------------------------------------------------------------------------- run folders
+
+def _predict_values(spec, values: Mapping | None, split: str) -> dict:
+    chosen = {k: v for k, v in (values or {}).items() if k in spec}
+    return {**_values(spec, chosen), "split": split}
+
+
+def predict_run(run_dir, prepared, *, split: str = "test", checkpoint: str = "best",
+                values: Mapping | None = None, show_progress: bool = True):
+    """Detections of run folder ``run_dir`` over ``prepared``'s ``split``, from the checkpoint
+    ``checkpoint`` (best|last) means (:func:`deeplesion_cli.runs.pick_checkpoint`), cached in
+    ``<run>/detections/`` (:func:`deeplesion_cli.runs.cache_path`): a second call with the same
+    inputs predicts nothing; a new cache file replaces the older ones of that split and
+    checkpoint. ``values``: prediction options of either backend (``device``, ``workers``,
+    ``score_thresh``, ``thresh``, ``darknet``...; those of the other backend are ignored).
+    Holds the run folder's lock while it predicts (a run still training is refused). Returns
+    a :class:`deeplesion_cli.runs.RunDetections`."""
+    from deeplesion_cli import runs
+    from deeplesion_cli.lock import folder_lock
+
+    chosen = runs.pick_checkpoint(run_dir, checkpoint)
+    if chosen.backend == "frcnn":
+        v = _predict_values(frcnn_spec.PREDICT_FRCNN, values, split)
+    else:
+        v = _predict_values(darknet_spec.PREDICT_YOLO, values, split)
+        if v["darknet"] is None and chosen.darknet and Path(chosen.darknet).is_file():
+            v["darknet"] = chosen.darknet   # the binary the run trained with
+    with folder_lock(chosen.run_dir, "lesion eval --run"):
+        path = runs.cache_path(chosen, prepared, split, v)
+        if path.is_file():
+            try:
+                n = len(json.loads(path.read_text()))
+            except (OSError, ValueError):  # a damaged cache file is predicted again
+                path.unlink(missing_ok=True)
+            else:
+                return runs.RunDetections(chosen, path, split, True, n)
+        if chosen.backend == "frcnn":
+            result = predict_frcnn(chosen.checkpoint, prepared, path, v,
+                                   show_progress=show_progress)
+            found = runs.RunDetections(chosen, path, split, False, result.n_detections,
+                                       result.epoch, result.seconds, list(result.warnings))
+        else:
+            import time
+
+            start = time.monotonic()
+            predict_yolo(prepared, chosen.cfg, chosen.checkpoint, path, v,
+                         show_progress=show_progress)
+            n = len(json.loads(path.read_text()))
+            found = runs.RunDetections(chosen, path, split, False, n,
+                                       seconds=time.monotonic() - start)
+        for old in runs.stale_caches(path):
+            old.unlink(missing_ok=True)
+        return found
+
+
+@dataclass
+class RunTest:
+    """``train ... --test``: the test split scored from the run's own checkpoint."""
+
+    name: str
+    detections: object             # deeplesion_cli.runs.RunDetections
+    evaluation: Evaluation
+    out_dir: Path                  # <run>/test: the `lesion eval --out` folder
+
+    @property
+    def headline(self) -> str:
+        from deeplesion_cli.runs import headline
+
+        return headline(self.evaluation.document["runs"][self.name])
+
+
+def score_test(run_dir, prepared, *, name: str | None = None, checkpoint: str = "best",
+               values: Mapping | None = None, eval_values: Mapping | None = None,
+               show_progress: bool = True) -> RunTest:
+    """Predict the test split from ``run_dir``'s best (else last) checkpoint into its cache
+    (:func:`predict_run`) and score it as ``lesion eval --out <run>/test`` does (metrics.json,
+    summary.md, plots), the run named ``name`` (default: the run folder's name)."""
+    run_dir = Path(run_dir)
+    name = name or run_dir.resolve().name
+    found = predict_run(run_dir, prepared, split="test", checkpoint=checkpoint, values=values,
+                        show_progress=show_progress)
+    out_dir = run_dir / "test"
+    evaluation = evaluate(prepared, {name: found.path}, eval_values, split="test",
+                          out_dir=out_dir)
+    return RunTest(name, found, evaluation, out_dir)
+
+
+def score_test_words(run_dir, prepared, *, name: str | None = None,
+                     checkpoint: str = "best", cwd: Path | None = None) -> list[str]:
+    """The ``lesion eval`` line that does what :func:`score_test` does."""
+    name = name or Path(run_dir).resolve().name
+    return evaluate_words(prepared, {}, None, cwd, split="test", out_dir=Path(run_dir) / "test",
+                          runs={name: Path(run_dir)}, checkpoint=checkpoint)

@@ -30,6 +30,7 @@ FORBIDDEN = {
     "report": {"frcnn", "darknet", "steps", "cli", "matrix", "demo"},
     "frcnn": {"darknet", "report", "steps", "cli", "matrix", "demo"},
     "darknet": {"frcnn", "report", "steps", "cli", "matrix", "demo"},
+    "runs": {"steps", "cli", "matrix", "demo", "report"},
     "steps": {"cli", "matrix", "demo"},
     "matrix": {"cli", "demo"},
 }

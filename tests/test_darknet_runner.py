@@ -530,7 +530,7 @@ def test_train_end_to_end(trained, prepared, base):
 
 
 ARGS_KEYS = {"tool", "version", "command", "backend", "prepared", "cfg", "weights", "darknet",
-             "gpus", "map", "resumed", "options", "net"}
+             "gpus", "map", "resumed", "flags", "outputs", "options", "net"}
 OPTION_KEYS = {"arch", "width", "height", "channels", "batch", "subdivisions", "max_batches",
                "burn_in", "learning_rate", "steps", "scales", "policy", "classes"}
 

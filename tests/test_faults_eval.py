@@ -87,7 +87,7 @@ def test_a_pred_name_equal_to_a_positional_stem_is_an_error(tiny):
     result = invoke("eval", tiny / "gt.json", tiny / "good.json",
                     "--pred", f"good={tiny / 'empty.json'}")
     assert result.exit_code == 2, result.output
-    assert "'good'" in result.output and "also a --pred name" in result.output
+    assert "'good'" in result.output and "also a --pred or --run name" in result.output
     assert "good.json" in result.output and "empty.json" in result.output
 
 

@@ -239,6 +239,7 @@ def test_predict_nms_iou_defaults_to_the_run_and_can_be_overridden(prepared, run
     assert len(strict) < len(run_default) <= len(loose)
     result = CliRunner().invoke(main, ["predict", "frcnn", str(run), str(prepared), "--split",
                                        "val", "-o", str(tmp_path / "cli.json"), "--nms-iou",
-                                       "0.1", "--workers", "0"])
+                                       "0.1", "--workers", "0", "--draw", "1"])
     assert result.exit_code == 0, result.output
     assert len(json.loads((tmp_path / "cli.json").read_text())) == len(strict)
+    assert len(list((tmp_path / "cli_draw").glob("*.png"))) == 1   # --draw 1

@@ -432,12 +432,12 @@ def test_comparison_table_columns(tmp_path):
     rows = mx.comparison_rows(matrix, states, document)
     assert rows[0] == {"experiment": "a", "backend": "frcnn",
                        "options": "arch=resnet50_fpn optimizer=sgd lr=2e-05",
-                       "status": "evaluated", "ap50": 0.51234, "ap": 0.25, "froc_mean": 0.375,
-                       "sens4": 0.4375}
+                       "status": "evaluated", "n_detections": None, "ap50": 0.51234, "ap": 0.25,
+                       "froc_mean": 0.375, "sens4": 0.4375}
     assert rows[1]["status"] == "not trained" and rows[1]["ap50"] is None
     assert rows[2]["options"] == "arch=yolov3-tiny"
     md = mx.comparison_markdown(matrix, rows, document)
-    assert "| a | frcnn | arch=resnet50_fpn optimizer=sgd lr=2e-05 | evaluated | 0.5123 | " \
+    assert "| a | frcnn | arch=resnet50_fpn optimizer=sgd lr=2e-05 | evaluated | – | 0.5123 | " \
            "0.2500 | 0.3750 | 0.4375 |" in md
     assert ("| b | frcnn | arch=resnet50_fpn optimizer=adam lr=0.0001 | not trained | – | – |"
             in md)

@@ -197,13 +197,13 @@ def test_full_report_files(full):
     rel = {f.relative_to(out).as_posix() for f in result.files}
     expected = {"index.md", "report.tex", "runs/frcnn_s0_curves.png", "runs/yolo_tiny_curves.png",
                 "data/class_histogram.png", "data/box_size_mm.png", "eval/froc.png",
-                "eval/cmp_dets/pr_a.png", "eval/cmp_dets/confusion_a.png",
-                "eval/cmp_dets/confusion_norm_b.png"}
+                "eval/pr_a.png", "eval/confusion_a.png",
+                "eval/confusion_norm_b.png"}
     for name in ("runs", "data", "backends", "per_class", "froc", "box_size"):
         expected |= {f"tables/{name}.{ext}" for ext in ("md", "tex", "csv")}
     assert expected <= rel
     for run in ("a", "b"):
-        shots = sorted(r for r in rel if r.startswith(f"overlays/cmp_dets/{run}/")
+        shots = sorted(r for r in rel if r.startswith(f"overlays/{run}/")
                        and r.endswith(".png"))
         assert [s.split("/")[-1].split("_")[0] for s in shots].count("best") == 2
         assert [s.split("/")[-1].split("_")[0] for s in shots].count("worst") == 2
@@ -219,7 +219,7 @@ def test_index_links_exist_and_are_relative(full):
         assert not link.startswith("/") and "://" not in link
         assert (result.out_dir / link).is_file(), link
     text = result.index.read_text()
-    order = [text.index(h) for h in ("## Training runs", "## Data", "## Evaluation",
+    order = [text.index(h) for h in ("## Data", "## Training", "## Results", "## Curves",
                                      "## Overlays", "## Tables")]
     assert order == sorted(order)
     written_figures = {f for f in result.files if f.suffix == ".png"}
@@ -342,7 +342,7 @@ def test_run_and_data_tables(full, train_runs, prepared):
 def test_overlay_draws_boxes_where_they_are(full, detections, prepared):
     result, chosen = full
     _, _, gt = detections
-    path = result.out_dir / "overlays" / "cmp_dets" / "a" / f"image_{Path(chosen).stem}.png"
+    path = result.out_dir / "overlays" / "a" / f"image_{Path(chosen).stem}.png"
     assert path in result.files
     with Image.open(prepared / SPLIT / chosen) as src:
         width, height = src.size
@@ -394,7 +394,7 @@ def test_runs_only(train_runs, tmp_path):
     rel = {f.relative_to(result.out_dir).as_posix() for f in result.files}
     assert {"runs/frcnn_s0_curves.png", "runs/yolo_tiny_curves.png", "tables/runs.csv"} <= rel
     assert not any(r.endswith(".pdf") for r in rel)
-    assert "## Evaluation" not in result.index.read_text()
+    assert "## Results" not in result.index.read_text()
     for link in _links(result.index):
         assert (result.out_dir / link).is_file()
 
@@ -403,7 +403,7 @@ def test_eval_only_without_detection_paths(eval_dirs, tmp_path):
     plain, _ = eval_dirs
     result = build_report(evals=[plain], out_dir=tmp_path / "r", images=["x.png"])
     rel = {f.relative_to(result.out_dir).as_posix() for f in result.files}
-    assert {"eval/froc.png", "eval/cmp/pr_a.png", "tables/backends.md"} <= rel
+    assert {"eval/froc.png", "eval/pr_a.png", "tables/backends.md"} <= rel
     assert not any(r.startswith("overlays/") for r in rel)
     assert sum("records no detection file" in w for w in result.warnings) == 2
     assert "## Warnings" in result.index.read_text()

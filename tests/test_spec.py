@@ -57,7 +57,8 @@ def test_every_declared_option_is_the_commands_click_option(spec, path):
 def test_train_options_fields_are_the_spec():
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
     assert fields == {o.name: o.default for o in TRAIN_FRCNN}
-    assert RESUMABLE_OVERRIDES == {"epochs", "workers", "device", "eval_batch_size", "log_every"}
+    assert RESUMABLE_OVERRIDES == {"epochs", "workers", "device", "eval_batch_size", "log_every",
+                                   "test"}
 
 
 def test_bounds_and_choices_come_from_the_declaration():
@@ -132,7 +133,7 @@ def test_printed_train_line_gives_back_the_same_options(tmp_path, monkeypatch):
                                              cwd=tmp_path, resume=True))
     defaults = _parse(["lesion", "train", "frcnn", "p", "--out", "run"])
     typed = {o.name for o in TRAIN_FRCNN if o.cli and resumed[o.name] != defaults[o.name]}
-    assert resumed["resume"] and typed == {"epochs", "workers", "device"}
+    assert resumed["resume"] and typed == {"epochs", "workers", "device", "test"}
     # the demo shows only what differs from the defaults, and it means the same run
     short = steps.train_frcnn_words(tmp_path / "p", tmp_path / "run",
                                     TrainOptions(epochs=7, nms_iou=0.3), changed_only=True)

@@ -57,8 +57,10 @@ def test_cfg_train_predict_eval(prepared):
 
     dets = base / "yolo.json"
     result = runner.invoke(main, ["predict", "yolo", str(prep), "--cfg", str(cfg), "--weights",
-                                  str(weights), "--split", "test", "-o", str(dets)])
+                                  str(weights), "--split", "test", "-o", str(dets), "--draw", "2"])
     assert result.exit_code == 0, result.output
+    drawn = sorted((base / "yolo_draw").glob("*.png"))   # --draw 2: two pictures beside it
+    assert len(drawn) == 2 and f"drew 2 images to {base / 'yolo_draw'}" in result.output
     gt = load_ground_truth(prep / "coco" / "test.json")
     loaded = read_detections(dets, gt)  # valid COCO results for the test split
     assert (loaded.box_xywh[:, 2:] >= 0).all() and (loaded.score >= 0.005).all()

@@ -29,7 +29,8 @@ def cfg_(prepared, out_path, check_path, data_path, **params) -> None:
     """Write a darknet .cfg for a prepared folder, or check any cfg.
 
     Writing follows darknet's rules: classes in every [yolo], filters = (classes + 5) x masks
-    before it, anchors (masks re-split by size when custom), width/height multiples of 32,
+    before it, anchors (--anchors: rescaled from the size anchors.json was computed for to
+    --size, masks re-split by size), width/height multiples of 32,
     max_batches = max(2000 x classes, training images, 6000), steps at 80% and 90%, burn_in
     1000 or max_batches / 6 when less, flip=0, mosaic=0; the result is checked before it is
     written. --check reports every inconsistency
@@ -61,7 +62,8 @@ def cfg_(prepared, out_path, check_path, data_path, **params) -> None:
     click.echo(f"wrote {out_path}: {written.arch} {net['width']}x{net['height']}, "
                f"{written.classes} classes, {written.yolo_layers} [yolo] layers, "
                f"burn_in={net['burn_in']}, max_batches={net['max_batches']}, "
-               f"steps={net['steps']}")
+               f"steps={net['steps']}"
+               + (f"; {written.anchors_note}" if written.anchors_note else ""))
     for warning in written.warnings:
         warn(warning)
 
@@ -105,8 +107,11 @@ def train_yolo(prepared, cfg_path, run_dir, resume, **params) -> None:
     `darknet detector train` in RUN_DIR with only the flags the detected fork (pjreddie,
     AlexeyAB, hank-ai) understands, parses its output into metrics.csv, and judges the outcome
     itself: final weights written, last iteration reached, average loss finite (darknet is
-    stopped at the first NaN). SIGTERM, SIGHUP and Ctrl-C stop darknet too (exit code 128 +
-    signal); --resume then continues from its last saved weights.
+    stopped at the first NaN), then draws RUN_DIR/curves.png from metrics.csv (every session of
+    a resumed run). SIGTERM, SIGHUP and Ctrl-C stop darknet too (exit code 128 + signal);
+    --resume then continues from its last saved weights. With --map, AlexeyAB/hank-ai also
+    write backup/<cfg>_best.weights; both restart their best mAP on --resume. --gpus on a
+    darknet built without CUDA is left out, with a warning.
 
     \b
     Examples:
@@ -118,14 +123,20 @@ def train_yolo(prepared, cfg_path, run_dir, resume, **params) -> None:
     """
     from deeplesion_cli import steps
 
-    result = steps.train_yolo(prepared, cfg_path, run_dir, TRAIN_YOLO.from_cli(params),
-                              resume=resume)
-    click.echo(f"trained {result.iterations} iterations with {result.fork} darknet in "
+    values = TRAIN_YOLO.from_cli(params)
+    result = steps.train_yolo(prepared, cfg_path, run_dir, values, resume=resume)
+    click.echo(f"trained {result.iterations_text()} with {result.fork} darknet in "
                f"{result.seconds:.0f} s; final average loss {result.avg_loss:.4f}")
     click.echo(f"weights: {result.final_weights}")
+    if result.best_weights is not None:
+        click.echo(f"best weights (highest --map mAP): {result.best_weights}")
     click.echo(f"metrics: {result.metrics_csv}  log: {result.log_path}")
     for warning in result.warnings:
         warn(warning)
+    if values["test"]:
+        from deeplesion_cli.cli.scoring import score_test
+
+        score_test(run_dir, prepared, {"darknet": values["darknet"]})
 
 
 @predict.command("yolo")
@@ -147,11 +158,21 @@ def predict_yolo(prepared, cfg_path, weights, out_json, **params) -> None:
     \b
     Examples:
       lesion predict yolo prepared/ --cfg yolo.cfg --weights runs/yolo/backup/yolo_final.weights -o yolo.json
+      lesion predict yolo prepared/ --cfg yolo.cfg --weights w.weights -o yolo.json --draw 8
       lesion eval prepared/ yolo.json
     """
     import json
 
     from deeplesion_cli import steps
 
-    path = steps.predict_yolo(prepared, cfg_path, weights, out_json, PREDICT_YOLO.from_cli(params))
-    click.echo(f"wrote {len(json.loads(Path(path).read_text()))} detections to {path}")
+    values = PREDICT_YOLO.from_cli(params)
+    path = steps.predict_yolo(prepared, cfg_path, weights, out_json, values)
+    n_detections = len(json.loads(Path(path).read_text()))
+    click.echo(f"wrote {n_detections} detections to {path}")
+    if n_detections == 0:
+        warn(f"no detections: {path} holds no box (every metric of it will be 0 or undefined)")
+    if values.get("draw"):
+        from deeplesion_cli.report.overlays import draw_dir
+
+        drawn = sorted(draw_dir(path).glob("*.png"))
+        click.echo(f"drew {len(drawn)} images to {draw_dir(path)}")

@@ -62,6 +62,8 @@ def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **params) -> None:
     if not result.history:
         click.echo(f"nothing to do: {run_dir} has finished {result.epochs_done} epochs "
                    f"(raise --epochs to train longer)")
+        if values["test"]:
+            _score_test(run_dir, prepared, values)
         return
     last = result.history[-1]
     val = last.val_eval or {}
@@ -76,6 +78,19 @@ def train_frcnn(ctx, prepared, run_dir, resume, stop_after, **params) -> None:
     else:
         click.echo(f"no best.pt: no epoch has a val {result.select}")
     click.echo(f"metrics: {result.metrics_csv}  last: {result.last_checkpoint}")
+    if values["test"]:
+        _score_test(run_dir, prepared, values)
+
+
+def _score_test(run_dir, prepared, values) -> None:
+    """--test: the test split from the run's best (else last) checkpoint, on the training's
+    device (under torchrun, rank 0's) and loader workers."""
+    from deeplesion_cli.cli.scoring import score_test
+    from deeplesion_cli.spec.frcnn import parse_device
+
+    indices = parse_device(values["device"])[1]
+    device = f"cuda:{indices[0]}" if len(indices) > 1 else values["device"]
+    score_test(run_dir, prepared, {"device": device, "workers": values["workers"]})
 
 
 @predict.command("frcnn")
@@ -95,6 +110,7 @@ def predict_frcnn(run_or_checkpoint, prepared, out_json, **params) -> None:
     \b
     Examples:
       lesion predict frcnn runs/frcnn prepared/ --split test -o frcnn.json
+      lesion predict frcnn runs/frcnn prepared/ -o frcnn.json --draw 8   # + frcnn_draw/*.png
       lesion eval prepared/ frcnn.json
     """
     from deeplesion_cli import steps
@@ -107,3 +123,11 @@ def predict_frcnn(run_or_checkpoint, prepared, out_json, **params) -> None:
     click.echo(f"wrote {result.n_detections} detections on {result.n_images} {values['split']} "
                f"images to {result.out_json} with {result.checkpoint}{epoch} "
                f"({result.seconds:.1f} s)")
+    if result.n_detections == 0:
+        warn(f"no detections: {result.out_json} holds no box (every metric of it will be 0 or "
+             "undefined)")
+    if values.get("draw"):
+        from deeplesion_cli.report.overlays import draw_dir
+
+        drawn = sorted(draw_dir(result.out_json).glob("*.png"))
+        click.echo(f"drew {len(drawn)} images to {draw_dir(result.out_json)}")

@@ -8,6 +8,7 @@ import click
 
 from deeplesion_cli.cli.group import console, main, warn
 from deeplesion_cli.demo import DemoOptions
+from deeplesion_cli.spec.scheduler import SCHEDULERS
 
 
 @main.command("matrix")
@@ -15,10 +16,14 @@ from deeplesion_cli.demo import DemoOptions
 @click.option("--print", "print_only", is_flag=True,
               help="Print the shell lines of the remaining steps, in order, one per line (for a "
                    "cluster queue); run nothing.")
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default=None,
+              help="With --print: a submit script for this scheduler instead of plain lines "
+                   "(slurm: job arrays chained train -> predict -> eval -> report; resources "
+                   "from the file's [scheduler] table and experiments).")
 @click.option("--only", multiple=True, metavar="NAME",
               help="Train and predict only this experiment (repeatable); the evaluation and "
                    "report still cover every complete experiment.")
-def matrix_(experiments: Path, print_only: bool, only) -> None:
+def matrix_(experiments: Path, print_only: bool, scheduler, only) -> None:
     """Run a TOML table of experiments, then evaluate and report them together.
 
     EXPERIMENTS lists experiments (backend frcnn or yolo and their options; format in
@@ -30,13 +35,19 @@ def matrix_(experiments: Path, print_only: bool, only) -> None:
     \b
     Examples:
       lesion matrix docs/examples/seed-table2.toml --print > jobs.sh
+      lesion matrix docs/examples/slurm.toml --print --scheduler slurm > submit.sh
       lesion matrix experiments.toml
       lesion matrix experiments.toml --only frcnn-adam --only frcnn-sgd
     """
     from deeplesion_cli import matrix as mx
     from deeplesion_cli.errors import LesionRunError
 
+    if scheduler and not print_only:
+        raise click.UsageError("--scheduler writes a submit script: give it with --print")
     loaded = mx.load_matrix(experiments)
+    if scheduler:
+        click.echo(mx.slurm_script(loaded, only), nl=False)
+        return
     if print_only:
         for line in mx.remaining_lines(loaded, only):
             click.echo(line)
@@ -53,7 +64,8 @@ def matrix_(experiments: Path, print_only: bool, only) -> None:
         table.add_column(column, justify="right" if i >= 4 else "left")
     for row in result.rows:
         table.add_row(row["experiment"], row["backend"], row["options"], row["status"],
-                      *[mx.fmt_metric(row[key]) for _, key, _ in mx.COMPARISON_METRICS])
+                      *[mx.fmt_metric(row[key], key, markup=True)
+                        for _, key, _ in mx.COMPARISON_METRICS])
     console().print(table)
     click.echo(f"comparison: {result.comparison_md}")
     if result.metrics_json is not None:

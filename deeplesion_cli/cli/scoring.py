@@ -14,32 +14,63 @@ from deeplesion_cli.cli.group import console, main, warn
 from deeplesion_cli.spec.evaluation import EVAL, REPORT
 
 
-def _parse_preds(positional, named) -> dict[str, Path]:
-    """Run name -> detections file. A --pred name given twice, or equal to the name of a
-    positional file (its stem), is an error naming both files: one run would be lost. Positional
-    files sharing a stem are told apart by ``_`` suffixes."""
+def _named(run_item: str) -> str:
+    """``--run RUN`` as ``NAME=RUN``, named after its folder (``NAME=RUN`` stays)."""
+    if "=" in run_item:
+        return run_item
+    return f"{Path(run_item).name or Path(run_item).resolve().name}={run_item}"
+
+
+def _parse_preds(positional, named, run_items=()) -> dict[str, Path]:
+    """Run name -> detections file (or, for ``--run``, run folder). A name given twice (across
+    --pred and --run), or equal to the name of a positional file (its stem), is an error naming
+    both: one run would be lost. Positional files sharing a stem are told apart by ``_``
+    suffixes. A --run without ``NAME=`` is named after its folder."""
     runs: dict[str, Path] = {}
-    named_names = {item.partition("=")[0] for item in named}
-    for item in named:
+    items = [("--pred", item) for item in named]
+    items += [("--run", _named(item)) for item in run_items]
+    named_names = {item.partition("=")[0] for _, item in items}
+    for flag, item in items:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
-            raise click.UsageError(f"--pred {item!r}: expected NAME=FILE, e.g. frcnn=dets.json")
+            example = "frcnn=dets.json" if flag == "--pred" else "frcnn=runs/frcnn"
+            raise click.UsageError(f"{flag} {item!r}: expected NAME="
+                                   f"{'FILE' if flag == '--pred' else 'RUN'}, e.g. {example}")
         if name in runs:
-            raise click.UsageError(f"--pred {name}: the run name {name!r} is given twice "
+            raise click.UsageError(f"{flag} {name}: the run name {name!r} is given twice "
                                    f"({runs[name]} and {file}); give each run its own name")
         runs[name] = Path(file)
     for file in positional:
         name = Path(file).stem
         if name in named_names:
             raise click.UsageError(f"{file}: its run name {name!r} (the file name's stem) is also "
-                                   f"a --pred name ({runs[name]}); name it with "
+                                   f"a --pred or --run name ({runs[name]}); name it with "
                                    f"--pred OTHER={file}")
         while name in runs:
             name += "_"
         runs[name] = Path(file)
     if not runs:
-        raise click.UsageError("no detections: give a file, or --pred NAME=FILE (repeatable)")
+        raise click.UsageError("no detections: give a file, --pred NAME=FILE or --run NAME=RUN "
+                               "(repeatable)")
     return runs
+
+
+def score_test(run_dir: Path, prepared: Path, predict_values: dict | None = None) -> None:
+    """``--test`` of ``lesion train frcnn|yolo``: predict the run's test split into its cache,
+    score it into RUN/test/ and print the headline (rank 0 only under torchrun)."""
+    from deeplesion_cli import steps
+    from deeplesion_cli.lock import rank_zero
+
+    if not rank_zero():
+        return
+    tested = steps.score_test(run_dir, prepared, values=predict_values)
+    click.echo(f"test: {tested.detections.describe()}")
+    for message in tested.detections.warnings:
+        warn(message)
+    click.echo(f"test {tested.name}: {tested.headline}; metrics, summary.md and plots in "
+               f"{tested.out_dir}")
+    for warning in tested.evaluation.document.get("warnings", []):
+        warn(warning)
 
 
 def print_summary(document: dict, title: str) -> None:
@@ -48,7 +79,7 @@ def print_summary(document: dict, title: str) -> None:
 
     from deeplesion_cli.report.tables import summary_rows
 
-    header, rows = summary_rows(document)
+    header, rows = summary_rows(document, markup=True)
     table = Table(title=title)
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
@@ -62,6 +93,13 @@ def print_summary(document: dict, title: str) -> None:
 @click.argument("predictions", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--pred", "named_preds", multiple=True, metavar="NAME=FILE",
               help="A run to score, named; repeat for a side-by-side table.")
+@click.option("--run", "run_items", multiple=True, metavar="NAME=RUN",
+              help="A `lesion train frcnn|yolo` run folder to predict the --split from and "
+                   "score (detections cached in RUN/detections/); repeatable, mixes with --pred.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True,
+              help="--run: the run's best checkpoint (best.pt, _best.weights; the last one when "
+                   "the run recorded no best) or its last (last.pt, _final.weights).")
 @click.option("--pred-format", type=click.Choice(["auto", "coco", "darknet-json",
                                                   "darknet-valid"]), default="auto",
               show_default=True, help="Detection file format (auto-detected by default).")
@@ -74,24 +112,42 @@ def print_summary(document: dict, title: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write metrics.json, per_class.csv, summary.md and PNG plots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
-def eval_(ground_truth, predictions, named_preds, pred_format, names, split, out_dir, as_json,
-          **params) -> None:
+def eval_(ground_truth, predictions, named_preds, run_items, checkpoint, pred_format, names,
+          split, out_dir, as_json, **params) -> None:
     """Score detections of any backend against COCO ground truth, side by side.
 
     GROUND_TRUTH is a COCO json (e.g. prepared/coco/test.json) or a prepared folder (its
     --split is used). Detections: COCO results json (lesion predict), darknet `detector test
     -out` json, or darknet `detector valid` comp4 files; image names and class names are
-    matched to the ground truth, and anything unknown is an error, never dropped.
+    matched to the ground truth, and anything unknown is an error, never dropped. --run scores
+    a run folder directly: its checkpoint predicts the --split of GROUND_TRUTH (a prepared
+    folder), the detections are cached in RUN/detections/ (a re-run predicts nothing; a new
+    checkpoint is predicted again) and scored as a --pred file is.
 
     \b
     Examples:
       lesion eval prepared/ frcnn.json
       lesion eval prepared/coco/test.json --pred frcnn=frcnn.json --pred yolo=result.json --out cmp/
       lesion eval prepared/ --pred yolo=results/ --pred-format darknet-valid --bootstrap 1000
+      lesion eval prepared/ --run frcnn=runs/frcnn --run yolo=runs/yolo --out cmp/
     """
     from deeplesion_cli import steps
 
-    files = _parse_preds(predictions, named_preds)
+    files = _parse_preds(predictions, named_preds, run_items)
+    if run_items:
+        if not ground_truth.is_dir():
+            raise click.UsageError(f"--run predicts images: GROUND_TRUTH must be a prepared "
+                                   f"folder, not {ground_truth}")
+        if pred_format not in ("auto", "coco"):
+            raise click.UsageError(f"--pred-format {pred_format} applies to every detections "
+                                   "file, and --run caches COCO results json: leave it auto")
+        for name in (_named(item).partition("=")[0] for item in run_items):
+            found = steps.predict_run(files[name], ground_truth, split=split,
+                                      checkpoint=checkpoint, show_progress=True)
+            click.echo(f"run {name}: {found.describe()}", err=True)
+            for message in found.warnings:
+                warn(f"run {name}: {message}")
+            files[name] = found.path
     result = steps.evaluate(ground_truth, files, EVAL.from_cli(params), split=split,
                             pred_format=pred_format, names=names, out_dir=out_dir,
                             show_progress=True)

@@ -2,7 +2,8 @@
 
 The forks differ in flags, console format, weights names and bugs (docs/darknet.md), so every
 command builder and check takes the fork :func:`detect_fork` names: ``"pjreddie"``,
-``"alexeyab"`` or ``"hankai"`` (:data:`FORKS`).
+``"alexeyab"`` or ``"hankai"`` (:data:`FORKS`). :func:`gpu_support` says whether a binary was
+built with CUDA (``--gpus`` on a CPU-only build is left out, with a warning).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from deeplesion_cli.darknet import log as dlog
@@ -88,24 +90,39 @@ def _probe(binary: Path, args: list[str]) -> str:
     return "\n".join(dlog.split_text(done.stdout.decode("utf-8", "replace")))
 
 
+@dataclass(frozen=True)
+class _Probed:
+    fork: str
+    output: str     # what `darknet version` and `darknet detector` printed
+
+
 @functools.lru_cache(maxsize=16)
-def _detect_fork_cached(binary: str, _mtime_ns: int, _size: int) -> str:
+def _probe_cached(binary: str, _mtime_ns: int, _size: int) -> _Probed:
     path = Path(binary)
     version = _probe(path, ["version"])
     # hank-ai prints its version ("Darknet v5.1-104-gf684e1d7") first, whatever the command;
     # pjreddie and AlexeyAB have no `version` command and say "Not an option: version".
     if "Not an option" not in version and re.search(r"darknet\s+v?\d+\.\d+", version, re.I):
-        return "hankai"
+        return _Probed("hankai", version)
     usage = _probe(path, ["detector"])
     both = version + "\n" + usage
     # AlexeyAB: its usage lists demo/map, and main() reports GPU/OpenCV before any command
     if re.search(r"demo/map|GPU isn't used|CUDA-version|OpenCV (?:version|isn't used)", both):
-        return "alexeyab"
+        return _Probed("alexeyab", both)
     if "Not an option" in both or re.search(r"usage: .*detector", both):
-        return "pjreddie"
+        return _Probed("pjreddie", both)
     raise DarknetNotFound(f"{binary} does not behave like any darknet fork (`{binary} version` "
                           f"printed {version.strip()[:200]!r}, `{binary} detector` printed "
                           f"{usage.strip()[:200]!r}). {INSTALL_HINT}")
+
+
+def _probed(binary) -> _Probed:
+    path = Path(binary).resolve()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise DarknetNotFound(f"{path}: {exc.strerror or exc}. {INSTALL_HINT}") from None
+    return _probe_cached(str(path), st.st_mtime_ns, st.st_size)
 
 
 def detect_fork(binary) -> str:
@@ -115,9 +132,67 @@ def detect_fork(binary) -> str:
     prints a version only in hank-ai; ``darknet detector`` (usage) names ``demo/map`` and is
     preceded by a GPU/OpenCV report only in AlexeyAB; pjreddie prints neither.
     """
+    return _probed(binary).fork
+
+
+@dataclass(frozen=True)
+class GpuSupport:
+    """Whether a darknet binary was built with CUDA: ``cuda`` True, False, or None (unknown),
+    and ``evidence``, what says so in words."""
+
+    cuda: bool | None
+    evidence: str
+
+
+#: what the forks print at start-up (docs/darknet.md 0): AlexeyAB's main() ``" GPU isn't used"``
+#: or ``" CUDA-version: ..."``; hank-ai ``"Darknet is compiled to only use the CPU."`` and
+#: ``"GPU is disabled."``, or its CUDA/cuDNN report
+_CPU_LINES = re.compile(r"GPU isn't used|compiled to only use the CPU|GPU is disabled", re.I)
+_GPU_LINES = re.compile(r"CUDA-version|CUDA runtime version|cuDNN", re.I)
+_CUDA_LIBRARIES = re.compile(rb"libcudart|libcublas|libcuda\.so|cudaSetDevice")
+
+
+def _links_cuda(binary: Path) -> bool | None:
+    """Whether ``binary`` (or a library it loads, as ``ldd`` lists them) holds CUDA; None when
+    neither can be read."""
+    found = None
+    ldd = shutil.which("ldd")
+    if ldd is not None:
+        try:
+            done = subprocess.run([ldd, str(binary)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  timeout=PROBE_TIMEOUT_S)
+            if done.returncode == 0:
+                found = bool(_CUDA_LIBRARIES.search(done.stdout))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if not found:
+        try:
+            found = bool(_CUDA_LIBRARIES.search(binary.read_bytes())) or bool(found)
+        except OSError:
+            pass
+    return found
+
+
+@functools.lru_cache(maxsize=16)
+def _gpu_cached(binary: str, _mtime_ns: int, _size: int, output: str) -> GpuSupport:
+    if _CPU_LINES.search(output):
+        line = next(line.strip() for line in output.splitlines() if _CPU_LINES.search(line))
+        return GpuSupport(False, f"it prints {line!r} at start-up")
+    if _GPU_LINES.search(output):
+        return GpuSupport(True, "it reports CUDA at start-up")
+    links = _links_cuda(Path(binary))
+    if links is None:
+        return GpuSupport(None, "its start-up output and libraries could not tell")
+    return (GpuSupport(True, "it is linked with CUDA") if links
+            else GpuSupport(False, "it is linked with no CUDA library"))
+
+
+def gpu_support(binary) -> GpuSupport:
+    """Whether ``binary`` can use a GPU (docs/darknet.md 0): from its start-up lines (AlexeyAB,
+    hank-ai), else from the libraries it is linked with (pjreddie prints nothing about it;
+    Debian's build has no CUDA). Cached per binary and modification time."""
+    probed = _probed(binary)
     path = Path(binary).resolve()
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise DarknetNotFound(f"{path}: {exc.strerror or exc}. {INSTALL_HINT}") from None
-    return _detect_fork_cached(str(path), st.st_mtime_ns, st.st_size)
+    st = path.stat()
+    return _gpu_cached(str(path), st.st_mtime_ns, st.st_size, probed.output)

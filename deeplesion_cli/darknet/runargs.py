@@ -9,9 +9,21 @@ always present; a value is null when unknown (docs/formats.md, "Training runs"):
      "prepared": "/abs/prepared", "cfg": "/abs/run/yolo.cfg", "weights": "/abs/x.conv.11" | null,
      "darknet": {"binary": "/usr/bin/darknet", "fork": "pjreddie" | "alexeyab" | "hankai"},
      "gpus": "0,1" | null, "map": false, "resumed": false,
+     "flags": {"clear": false, "map_epochs": 4 | null, "iou_thresh": 0.5 | null,
+               "chart": "/abs/chart.png" | null},
+     "outputs": {"final": "/abs/run/backup/x_final.weights" | null, "best": ... | null,
+                 "resume": ... | null},
      "options": {"arch", "width", "height", "channels", "batch", "subdivisions", "max_batches",
                  "burn_in", "learning_rate", "steps", "scales", "policy", "classes"},
      "net": {"<every [net] key>": "<its value as written in the cfg>"}}
+
+``gpus`` is what darknet got (null when the build has no CUDA and lesion left ``-gpus`` out);
+``flags`` the darknet training flags beyond ``-map`` (``-clear``, ``-mAP_epochs``,
+``-iou_thresh``, ``-chart``); ``outputs`` the weights files of the run that exist:
+``<base>_final.weights``, ``<base>_best.weights`` (AlexeyAB/hank-ai with ``-map``: the best mAP
+of the latest session, since both forks restart their best on resume) and what ``--resume``
+continues from (``<base>_last.weights``, pjreddie ``<base>.backup``), rewritten by
+:func:`record_outputs` when darknet ends, whatever the outcome.
 
 ``options`` holds the cfg's ``[net]`` values read as darknet reads them (``width``, ``height``
 in pixels; ``batch`` images per iteration; ``max_batches``, ``burn_in``, ``steps`` in
@@ -70,15 +82,30 @@ def read_run_args(run_dir) -> dict | None:
     return doc if isinstance(doc, dict) and doc.get("command") == COMMAND else None
 
 
+#: keys of ``flags`` and ``outputs``
+FLAG_KEYS = ("clear", "map_epochs", "iou_thresh", "chart")
+OUTPUT_KEYS = ("final", "best", "resume")
+
+
+def _outputs(paths: dict | None) -> dict:
+    paths = paths or {}
+    return {key: (str(paths[key]) if paths.get(key) is not None and Path(paths[key]).is_file()
+                  else None) for key in OUTPUT_KEYS}
+
+
 def write_run_args(run_dir, *, prepared, cfg_path, weights, binary, fork: str,
                    gpus: str | None, map: bool, resumed: bool,
-                   classes: int | None = None) -> dict:
+                   classes: int | None = None, flags: dict | None = None,
+                   outputs: dict | None = None) -> dict:
     """Write ``<run_dir>/args.json`` atomically and return it.
 
     ``cfg_path``: the run's copy of the cfg; ``weights``: the initial weights given, or None.
     On a resume (``resumed``) the run's earlier record keeps its ``weights`` (what the run first
     started from; null if there is no earlier record) and everything a resume may change (the
-    cfg, the binary, ``gpus``, ``map``) is rewritten.
+    cfg, the binary, ``gpus``, ``map``, ``flags``) is rewritten. ``flags``: the values of
+    :data:`FLAG_KEYS` (missing ones null, ``clear`` false); ``outputs``: ``{"final", "best",
+    "resume"}`` -> weights path (of :func:`~deeplesion_cli.darknet.train.weights_paths`), of
+    which those that exist are recorded.
     """
     run_dir = Path(run_dir)
     if resumed:
@@ -90,6 +117,19 @@ def write_run_args(run_dir, *, prepared, cfg_path, weights, binary, fork: str,
            "weights": None if weights is None else str(weights),
            "darknet": {"binary": str(Path(binary).resolve()), "fork": fork},
            "gpus": gpus, "map": bool(map), "resumed": bool(resumed),
-           "options": options, "net": net}
+           "flags": {key: (flags or {}).get(key) for key in FLAG_KEYS},
+           "outputs": _outputs(outputs), "options": options, "net": net}
+    doc["flags"]["clear"] = bool(doc["flags"]["clear"])
     atomic.write_text(run_dir / ARGS_NAME, json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def record_outputs(run_dir, paths: dict) -> dict | None:
+    """Rewrite ``outputs`` of ``<run_dir>/args.json`` from ``paths`` (the weights files that
+    exist now); return the record, or None when the run has no darknet args.json."""
+    doc = read_run_args(run_dir)
+    if doc is None:
+        return None
+    doc["outputs"] = _outputs(paths)
+    atomic.write_text(Path(run_dir) / ARGS_NAME, json.dumps(doc, indent=2) + "\n")
     return doc

@@ -4,13 +4,16 @@ Commands per fork (``<x>`` = absolute paths):
 
 ================  ==========================================================================
 train, pjreddie   ``darknet detector train <run>/obj.data <run>/<cfg> [<weights>] [-gpus L]``
-train, AlexeyAB   ``... train <run>/obj.data <run>/<cfg> [<weights>] -dont_show [-map] [-gpus L]``
-train, hank-ai    same as AlexeyAB, with ``yes`` on stdin (CPU builds ask for it,
-                  docs/darknet.md 5.4)
+train, AlexeyAB   ``... train <run>/obj.data <run>/<cfg> [<weights>] -dont_show [-map]
+                  [-mAP_epochs N] [-iou_thresh X] [-chart P] [-gpus L]``
+train, hank-ai    same as AlexeyAB without ``-mAP_epochs``, with ``yes`` on stdin (CPU builds
+                  ask for it, docs/darknet.md 5.4)
 ================  ==========================================================================
 
 Each fork gets only the flags it knows (an unknown flag becomes a positional argument in
-pjreddie and AlexeyAB, docs/darknet.md 4). The inputs are checked first (:mod:`.inputs`); the
+pjreddie and AlexeyAB, docs/darknet.md 4): :data:`TRAIN_FLAGS` says which fork knows which,
+:func:`check_train_flags` refuses the others before anything is written, and ``-gpus`` is left
+out (with a warning) for a build without CUDA. The inputs are checked first (:mod:`.inputs`); the
 console goes into ``darknet.log`` and ``metrics.csv`` (:mod:`.process`,
 :mod:`deeplesion_cli.runlog`) and :func:`judge_training` decides whether the run trained,
 whatever darknet's exit code says.
@@ -28,18 +31,33 @@ import numpy as np
 
 from deeplesion_cli import runlog
 from deeplesion_cli.darknet import log as dlog
-from deeplesion_cli.darknet.binary import FORK_NAMES, FORKS, detect_fork, find_darknet
+from deeplesion_cli.darknet.binary import (FORK_NAMES, FORKS, detect_fork, find_darknet,
+                                           gpu_support)
 from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetInterrupted,
                                            DarknetOptionError, DarknetRunError)
 from deeplesion_cli.darknet.inputs import (CfgSummary, data_file_problems, read_cfg,
                                            relocated_list, validate_inputs, write_data_file)
 from deeplesion_cli.darknet.process import (RunOutcome, describe_returncode, run_darknet,
                                             signal_name)
-from deeplesion_cli.darknet.runargs import write_run_args
+from deeplesion_cli.darknet.runargs import record_outputs, write_run_args
 from deeplesion_cli.darknet.weights import (start_iteration, weights_images_seen,
                                             weights_problems)
 from deeplesion_cli.prepared import Prepared
 from deeplesion_cli.progress import Progress
+from deeplesion_cli.spec.darknet import TRAIN_YOLO
+
+#: training flags beyond ``-map`` and ``-clear``: the ``lesion train yolo`` option -> (darknet's
+#: flag, the forks whose ``detector train`` reads it). AlexeyAB reads all three
+#: (``detector.c``); hank-ai ``-iou_thresh`` and ``-chart`` but computes the mAP every epoch
+#: whatever ``-mAP_epochs`` says; pjreddie none (docs/darknet.md 4, 5.2). ``-points`` is no
+#: training flag in any fork: ``train -map`` always computes all-point AP (``points = 0``).
+TRAIN_FLAGS = {"map_epochs": ("-mAP_epochs", ("alexeyab",)),
+               "iou_thresh": ("-iou_thresh", ("alexeyab", "hankai")),
+               "chart": ("-chart", ("alexeyab", "hankai"))}
+#: flags that only change what ``-map`` does
+_MAP_ONLY = ("map_epochs", "iou_thresh")
+#: metrics.csv column of a ``-map`` result, by its IoU threshold
+_MAP_COLUMNS = {0.5: "val_mAP50", 0.75: "val_mAP75"}
 
 @dataclass
 class TrainResult:
@@ -58,6 +76,21 @@ class TrainResult:
     seconds: float = 0.0       # wall-clock seconds of the darknet process
     first_iteration: int = 1   # > 1 when resumed
     warnings: list = field(default_factory=list)
+    best_weights: Path | None = None   # <base>_best.weights (AlexeyAB/hank-ai -map), if written
+    resumed: bool = False
+
+    @property
+    def session_iterations(self) -> int:
+        """Iterations this darknet process ran (a resumed run: since it restarted)."""
+        return self.iterations - self.first_iteration + 1
+
+    def iterations_text(self) -> str:
+        """``6 iterations``, or for a run that did not start at 1 (``--resume``, weights that had
+        seen images) ``iterations 501-750 (250 this session)``."""
+        if self.first_iteration <= 1:
+            return f"{self.iterations} iterations"
+        return (f"iterations {self.first_iteration}-{self.iterations} "
+                f"({self.session_iterations} this session)")
 
 
 def weights_paths(backup_dir: Path, base: str, fork: str) -> dict[str, Path]:
@@ -66,14 +99,42 @@ def weights_paths(backup_dir: Path, base: str, fork: str) -> dict[str, Path]:
     pjreddie)."""
     resume = (backup_dir / f"{base}.backup" if fork == "pjreddie"
               else backup_dir / f"{base}_last.weights")
-    return {"final": backup_dir / f"{base}_final.weights", "resume": resume}
+    return {"final": backup_dir / f"{base}_final.weights", "resume": resume,
+            "best": backup_dir / f"{base}_best.weights"}
+
+
+def check_train_flags(fork: str, binary, map: bool = False, **values) -> None:
+    """Refuse the :data:`TRAIN_FLAGS` options (``map_epochs``, ``iou_thresh``, ``chart``; None =
+    not given) that ``fork`` does not read, and those that only change ``-map`` without ``map``:
+    :class:`DarknetOptionError` naming the ``lesion`` flag, darknet's, and the fork."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag, forks = TRAIN_FLAGS[name]
+        option = TRAIN_YOLO[name].cli_flag
+        if fork not in forks:
+            names = " or ".join(FORK_NAMES[f] for f in forks)
+            if fork == "hankai" and name == "map_epochs":
+                why = ("which computes the mAP every epoch (at least every 100 iterations) and has "
+                       "no -mAP_epochs")
+            else:
+                why = (f"which has no {flag} (it would read the flag as a file name, "
+                       "docs/darknet.md 4)")
+            raise DarknetOptionError(f"{option} (darknet {flag}) needs {names}; {binary} is "
+                                     f"{FORK_NAMES[fork]}, {why}")
+        if name in _MAP_ONLY and not map:
+            raise DarknetOptionError(f"{option} (darknet {flag}) changes the mAP that --map "
+                                     "computes during training; add --map")
 
 
 def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: bool = False,
-                  gpus: str | None = None, clear: bool = False) -> list[str]:
+                  gpus: str | None = None, clear: bool = False, map_epochs: int | None = None,
+                  iou_thresh: float | None = None, chart=None) -> list[str]:
     """``darknet detector train`` for ``fork``, with only the flags that fork knows (an unknown
     flag would become the weights path in pjreddie, docs/darknet.md 4). ``clear``: ``-clear``
-    (all three forks: the weights' images-seen count starts again from 0, docs/darknet.md 16)."""
+    (all three forks: the weights' images-seen count starts again from 0, docs/darknet.md 16);
+    ``map_epochs``, ``iou_thresh``, ``chart``: ``-mAP_epochs``, ``-iou_thresh``, ``-chart``
+    (:data:`TRAIN_FLAGS`, refused by :func:`check_train_flags` where the fork lacks them)."""
     if fork not in FORKS:
         raise DarknetOptionError(f"fork {fork!r}: expected one of {', '.join(FORKS)}")
     cmd = [str(binary), "detector", "train", str(data_path), str(cfg_path)]
@@ -90,6 +151,11 @@ def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: boo
             cmd.append("-map")
     elif map:
         raise DarknetOptionError("pjreddie darknet has no -map")
+    flags = {"map_epochs": map_epochs, "iou_thresh": iou_thresh, "chart": chart}
+    check_train_flags(fork, binary, map, **flags)
+    for name, value in flags.items():
+        if value is not None:
+            cmd += [TRAIN_FLAGS[name][0], str(value)]
     if gpus is not None:
         cmd += ["-gpus", gpus]
     return cmd
@@ -167,7 +233,8 @@ def _gpu_list(gpus) -> str | None:
 
 def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None,
           map: bool = False, resume: bool = False, show_progress: bool = True,
-          clear: bool = False) -> TrainResult:
+          clear: bool = False, map_epochs: int | None = None, iou_thresh: float | None = None,
+          chart=None) -> TrainResult:
     """Train a darknet detector on a prepared folder and check that it really trained.
 
     ``run_dir`` receives: a copy of the cfg, the run's own ``train.txt`` and ``valid.txt``
@@ -189,7 +256,13 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     (pjreddie), or from ``_final.weights`` when ``max_batches`` was raised (the cfg given
     replaces the run's copy, so a resumed run can train longer); metrics.csv rows from the
     iteration it restarts at on are replaced, and darknet.log is appended to. ``gpus``: GPU
-    indices (``"0,1"`` or ``[0, 1]``) for ``-gpus``.
+    indices (``"0,1"`` or ``[0, 1]``) for ``-gpus``; a build without CUDA
+    (:func:`~deeplesion_cli.darknet.binary.gpu_support`) does not get them, with a warning.
+    ``map_epochs``, ``iou_thresh`` (with ``map``) and ``chart``: darknet's ``-mAP_epochs``,
+    ``-iou_thresh`` and ``-chart`` (:data:`TRAIN_FLAGS`; a fork without the flag is an error);
+    a mAP at IoU 0.75 goes to ``val_mAP75``. With ``map``, AlexeyAB and hank-ai write
+    ``<base>_best.weights`` (:attr:`TrainResult.best_weights`); both restart their best mAP
+    when a run resumes, which the result's warnings say.
 
     darknet is stopped at the first NaN or infinite average loss. SIGTERM, SIGHUP and SIGINT
     reach darknet too (:func:`~deeplesion_cli.darknet.process.run_darknet`).
@@ -209,6 +282,9 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
             "mAP during training (-map) needs AlexeyAB or hank-ai darknet; "
             f"{binary} is pjreddie's, which has no -map. Train without it and run "
             "`lesion predict` + `lesion eval` on the weights instead.")
+    check_train_flags(fork, binary, map, map_epochs=map_epochs, iou_thresh=iou_thresh,
+                      chart=chart)
+    chart_path = Path(chart).resolve() if chart is not None else None
     if not cfg_source.is_file():
         raise DarknetInputError([f"{cfg_source}: cfg file not found"], "cfg")
     if weights is not None and not Path(weights).is_file():
@@ -222,6 +298,11 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     # first the checks that read only: a refused run writes nothing into its folder
     cfg = read_cfg(cfg_source)
     warnings = _check_initial_weights(Path(weights), cfg, clear) if weights is not None else []
+    gpu_list = _cpu_only_gpus(binary, fork, gpu_list, warnings)
+    map_column = _MAP_COLUMNS.get(round(iou_thresh if iou_thresh is not None else 0.5, 6))
+    if map and map_column is None:
+        warnings.append(f"the mAP at IoU {iou_thresh} (--iou-thresh) is in darknet.log only: "
+                        "metrics.csv has mAP columns for IoU 0.5 and 0.75")
     backup_dir = run_dir / "backup"
     cfg_copy = run_dir / cfg_source.name
     data_path = run_dir / "obj.data"
@@ -247,6 +328,8 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
                                      "new run folder")
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if chart_path is not None:
+        chart_path.parent.mkdir(parents=True, exist_ok=True)  # darknet would not create it
     # the run's own lists, valid wherever the prepared folder now is (copied or moved)
     train_list = relocated_list(prepared_dir, "train", run_dir)
     valid_list = relocated_list(prepared_dir, "val", run_dir)
@@ -262,20 +345,25 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     write_data_file(data_path, {"classes": cfg.classes, "train": train_list,
                                 "valid": valid_list, "names": names_path, "backup": backup_dir})
     # the record lesion report reads; written before darknet starts so a failed run has it too
+    flags = {"clear": bool(clear and not resume), "map_epochs": map_epochs,
+             "iou_thresh": iou_thresh, "chart": None if chart_path is None else str(chart_path)}
     write_run_args(run_dir, prepared=prepared_dir, cfg_path=cfg_copy, weights=initial_weights,
                    binary=binary, fork=fork, gpus=gpu_list, map=map, resumed=resume,
-                   classes=cfg.classes)
+                   classes=cfg.classes, flags=flags, outputs=paths)
     if not resume:
         metrics_path.unlink(missing_ok=True)
 
     cmd = train_command(binary, fork, data_path, cfg_copy, start_weights, map, gpu_list,
-                        clear=clear and not resume)
+                        clear=clear and not resume, map_epochs=map_epochs,
+                        iou_thresh=iou_thresh, chart=chart_path)
     stdin_path = None
     if fork == "hankai":
         stdin_path = run_dir / ".stdin-yes"
         stdin_path.write_text("yes\n")
 
-    state = _TrainState(metrics_path, n_train, cfg.max_batches, resume, show_progress)
+    state = _TrainState(metrics_path, n_train, cfg.max_batches, resume, show_progress,
+                        map_column)
+    best_before = _mtime(paths["best"])
     try:
         outcome = run_darknet(cmd, run_dir, log_path, stdin_path=stdin_path,
                               on_event=state.on_event, append_log=resume, stop_on=_diverged)
@@ -283,6 +371,7 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
         state.close()
         if stdin_path is not None:
             stdin_path.unlink(missing_ok=True)
+        record_outputs(run_dir, paths)  # the weights darknet left, whatever the outcome
     if outcome.signum is not None:
         raise _interrupted(outcome, fork, cfg, paths, run_dir)
     reasons = judge_training(outcome, cfg.max_batches, final_weights, cfg.burn_in)
@@ -290,9 +379,38 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
         raise DarknetRunError(f"darknet training ({FORK_NAMES[fork]})", reasons,
                               list(outcome.tail), run_dir, log_path)
     last = outcome.last_iteration
+    first = outcome.iterations[0].iteration
+    best = paths["best"] if paths["best"].is_file() else None
+    if best is not None and resume and _mtime(best) != best_before:
+        where = (f"{map_column} in metrics.csv" if map_column else "darknet.log")
+        warnings.append(f"{FORK_NAMES[fork]} starts its best mAP afresh when a run resumes: "
+                        f"{best.name} is the best of iterations {first}-{last.iteration} only, "
+                        f"not of the whole run ({where} has every session's mAP)")
     return TrainResult(run_dir, final_weights, last.iteration, last.avg_loss, metrics_path, fork,
-                       log_path, cfg_copy, data_path, cmd, outcome.seconds,
-                       outcome.iterations[0].iteration, warnings + outcome.warnings)
+                       log_path, cfg_copy, data_path, cmd, outcome.seconds, first,
+                       warnings + outcome.warnings, best, resume)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _cpu_only_gpus(binary, fork: str, gpu_list: str | None, warnings: list) -> str | None:
+    """``gpu_list``, or None with a warning when ``binary`` was built without CUDA: its
+    ``-gpus`` would not use a GPU, but pjreddie and AlexeyAB would still load one network per
+    listed GPU and scale the learning rate by their number (docs/darknet.md 0)."""
+    if gpu_list is None:
+        return None
+    support = gpu_support(binary)
+    if support.cuda is not False:
+        return gpu_list
+    warnings.append(f"--gpus {gpu_list}: {binary} ({FORK_NAMES[fork]}) is a CPU-only build "
+                    f"({support.evidence}), so it trains on the CPU; lesion does not pass "
+                    "-gpus to it")
+    return None
 
 
 def _diverged(event) -> str | None:
@@ -379,7 +497,8 @@ class _TrainState:
     """
 
     def __init__(self, metrics_path: Path, n_train: int, max_batches: int, resume: bool,
-                 show_progress: bool):
+                 show_progress: bool, map_column: str | None = "val_mAP50"):
+        self.map_column = map_column
         self.metrics_path = metrics_path
         self.n_train = max(n_train, 1)
         self.max_batches = max_batches
@@ -395,8 +514,9 @@ class _TrainState:
         if isinstance(event, dlog.Iteration):
             self._iteration(event)
         elif isinstance(event, dlog.MapResult) and event.kind == "train" and self.pending:
-            if abs(event.iou_threshold - 0.5) < 1e-6:
-                self.pending["val_mAP50"] = event.map
+            column = _MAP_COLUMNS.get(round(event.iou_threshold, 6))
+            if column is not None and column == self.map_column:
+                self.pending[column] = event.map
 
     def _iteration(self, it) -> None:
         if self.first is None:

@@ -3,11 +3,21 @@
 ``evaluate_run(gt, dets, options)`` returns the block that ``metrics.json`` holds per run (schema
 in docs/metrics.md); ``evaluate_runs`` adds patient-level bootstrap intervals and, for two runs,
 the paired difference.
+
+Progress: an evaluation that runs longer than :data:`PROGRESS_AFTER_S` shows a bar (plain lines
+when piped, :mod:`deeplesion_cli.progress`) counting its stages (run by run, metric by metric),
+and the bootstrap another counting its resamples. The bootstrap runs its resamples in
+``options.workers`` processes (default: every core this process may use, once the first resample
+shows the whole would outlast :data:`POOL_AFTER_S` in one); the patients of
+resample ``i`` are drawn from one generator seeded with ``options.seed``, in order, whatever the
+number of processes, so the intervals do not depend on it (tested).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -34,17 +44,31 @@ BOOTSTRAP_METRICS = {
 }
 
 
+#: an evaluation (and a bootstrap) shows its progress once it has run this long, in seconds ...
+PROGRESS_AFTER_S = 3.0
+#: ... and, when piped, prints a line at most this often
+PROGRESS_EVERY_S = 5.0
+#: a bootstrap with the default ``workers`` (every core) starts processes only when its
+#: resamples would take longer than this in one, in seconds (the first one is timed)
+POOL_AFTER_S = 2.0
+#: the stages of :func:`evaluate_run` that the progress bar counts (and ``froc_strict``'s)
+STAGES = ("coco", "voc", "seed protocol", "froc", "at score", "best f1", "confusion",
+          "box size", "strata")
+
 _ANNOTATIONS = {"float": "float", "int": "int", "bool": "bool"}
+#: options that do not change results (``workers``): metrics.json does not record them
+_NOT_RECORDED = frozenset(o.name for o in EVAL if not o.compared)
 
 
 def _to_json(self) -> dict:
-    return asdict(self)
+    return {k: v for k, v in asdict(self).items() if k not in _NOT_RECORDED}
 
 
 #: The options of ``lesion eval`` (frozen): fields, types and defaults are those declared once in
 #: :data:`deeplesion_cli.spec.evaluation.EVAL` (``iou``: VOC, seed protocol, at-score metrics,
 #: confusion and box sizes; ``score``: the at-score threshold; ``froc_strict``; ``bootstrap``:
-#: patient-level resamples, 0 for none; ``seed``: the bootstrap's).
+#: patient-level resamples, 0 for none; ``seed``: the bootstrap's; ``workers``: its processes,
+#: None for every core this process may use; not recorded in metrics.json).
 EvalOptions = dataclasses.make_dataclass(
     "EvalOptions",
     [(o.name, _ANNOTATIONS[o.kind], dataclasses.field(default=o.default)) for o in EVAL],
@@ -67,11 +91,21 @@ def _core(gt: GroundTruth, dets: Detections, options: EvalOptions) -> dict:
     }
 
 
-def evaluate_run(gt: GroundTruth, dets: Detections, options: EvalOptions = EvalOptions()) -> dict:
+def evaluate_run(gt: GroundTruth, dets: Detections, options: EvalOptions = EvalOptions(), *,
+                 progress: Progress | None = None, name: str = "") -> dict:
     """All metrics of one run: COCO, VOC/darknet, seed protocol, FROC, at-threshold, best F1,
-    confusion matrix, box size agreement and the size/type strata."""
+    confusion matrix, box size agreement and the size/type strata. ``progress`` advances by
+    one per stage of :data:`STAGES` (and ``froc_strict``), its text naming run ``name`` and the
+    stage done."""
+
+    def done(stage: str) -> None:
+        if progress is not None:
+            progress.advance(1, info=f"{name}: {stage}" if name else stage)
+
     coco_result = coco.evaluate(gt, dets)
+    done("coco")
     voc_result = voc.voc_ap(gt, dets, iou=options.iou)
+    done("voc")
     per_class = coco_result["per_class"]
     for cat_id, block in per_class.items():
         v = voc_result["per_class"].get(cat_id, {})
@@ -89,16 +123,25 @@ def evaluate_run(gt: GroundTruth, dets: Detections, options: EvalOptions = EvalO
         "coco": coco_result["stats"],
         "per_class": per_class,
         "voc": voc_result,
-        "seed_protocol": seed.seed_protocol(gt, dets, iou=options.iou),
-        "froc": froc.froc(gt, dets),
-        "at_score": threshold.at_threshold(gt, dets, score=options.score, iou=options.iou),
-        "best_f1": threshold.best_f1(gt, dets, iou=options.iou),
-        "confusion": confusion.confusion_matrix(gt, dets, score=options.score, iou=options.iou),
-        "box_size": boxstats.box_size_agreement(gt, dets, score=options.score, iou=options.iou),
-        "strata": strata(gt, dets, options),
     }
+    stages = (
+        ("seed_protocol", "seed protocol", lambda: seed.seed_protocol(gt, dets, iou=options.iou)),
+        ("froc", "froc", lambda: froc.froc(gt, dets)),
+        ("at_score", "at score",
+         lambda: threshold.at_threshold(gt, dets, score=options.score, iou=options.iou)),
+        ("best_f1", "best f1", lambda: threshold.best_f1(gt, dets, iou=options.iou)),
+        ("confusion", "confusion",
+         lambda: confusion.confusion_matrix(gt, dets, score=options.score, iou=options.iou)),
+        ("box_size", "box size",
+         lambda: boxstats.box_size_agreement(gt, dets, score=options.score, iou=options.iou)),
+        ("strata", "strata", lambda: strata(gt, dets, options)),
+    )
+    for key, stage, compute in stages:
+        out[key] = compute()
+        done(stage)
     if options.froc_strict:
         out["froc_strict"] = froc.froc(gt, dets, strict=True)
+        done("froc strict")
     out["warnings"] = sanity.run_warnings(gt, dets, out, options.score)
     return out
 
@@ -170,30 +213,115 @@ def resample(gt: GroundTruth, dets: Detections, patients: np.ndarray) -> tuple[G
     return new_gt, new_dets
 
 
+def bootstrap_workers(workers: int | None, n_resamples: int) -> int:
+    """The processes a bootstrap of ``n_resamples`` runs in: ``workers``, or every core this
+    process may use when None, never more than the resamples."""
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - no sched_getaffinity (macOS)
+            workers = os.cpu_count() or 1
+    return max(1, min(int(workers), n_resamples))
+
+
+def _replicate(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions,
+               patients: np.ndarray) -> dict[str, list[float]]:
+    """One resample's :data:`BOOTSTRAP_METRICS` per run (in that order)."""
+    row = {}
+    for name, dets in runs.items():
+        sample_gt, sample_dets = resample(gt, dets, patients)
+        block = _core(sample_gt, sample_dets, options)
+        row[name] = [get(block) for get in BOOTSTRAP_METRICS.values()]
+    return row
+
+
+_WORKER: tuple | None = None   # (gt, runs, options) of a bootstrap worker process
+
+
+def _init_worker(gt, runs, options) -> None:
+    global _WORKER
+    _WORKER = (gt, runs, options)
+
+
+def _replicate_chunk(chunk: list[np.ndarray]) -> list[dict[str, list[float]]]:
+    gt, runs, options = _WORKER
+    return [_replicate(gt, runs, options, patients) for patients in chunk]
+
+
+def _pool_context():
+    import multiprocessing
+
+    # forkserver: forking a parent that already runs threads (torch, rich) can deadlock
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context()
+
+
+def _pooled(gt, runs, options, draws, n_workers: int, progress: Progress) -> list[dict]:
+    """:func:`_replicate` of every patient draw of ``draws`` (in order) in ``n_workers``
+    processes; the rows come back in the order of the draws."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    size = max(1, min(16, -(-options.bootstrap // (4 * n_workers))))  # a few per worker
+    rows: dict[int, list[dict]] = {}
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context(),
+                               initializer=_init_worker, initargs=(gt, runs, options))
+    try:
+        pending: dict = {}
+        index = 0
+        while True:
+            # the parent draws the patients, in order; at most 2 chunks per worker in flight
+            while len(pending) < 2 * n_workers:
+                chunk = [p for _, p in zip(range(size), draws)]
+                if not chunk:
+                    break
+                pending[pool.submit(_replicate_chunk, chunk)] = index
+                index += 1
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                rows[pending.pop(future)] = result = future.result()
+                progress.advance(len(result))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [row for i in range(len(rows)) for row in rows[i]]
+
+
 def bootstrap(gt: GroundTruth, runs: dict[str, Detections], options: EvalOptions,
               show_progress: bool = False) -> dict:
     """95% percentile intervals of :data:`BOOTSTRAP_METRICS` per run, from ``options.bootstrap``
     resamples of patients with replacement; every run sees the same resamples, so for two runs the
-    paired difference (first minus second) gets its own interval."""
+    paired difference (first minus second) gets its own interval. The resamples run in
+    :func:`bootstrap_workers` processes; resample ``i`` draws its patients from one generator
+    seeded with ``options.seed`` in order, so the result does not depend on their number."""
     rng = np.random.default_rng(options.seed)
     n_patients = len(np.unique(gt.image_patients))
-    values = {name: {m: [] for m in BOOTSTRAP_METRICS} for name in runs}
-    with Progress(options.bootstrap, "bootstrap", unit="resamples",
-                  enabled=show_progress) as progress:
-        for _ in range(options.bootstrap):
-            patients = rng.integers(0, n_patients, n_patients)
-            for name, dets in runs.items():
-                sample_gt, sample_dets = resample(gt, dets, patients)
-                block = _core(sample_gt, sample_dets, options)
-                for metric, get in BOOTSTRAP_METRICS.items():
-                    values[name][metric].append(get(block))
-            progress.advance()
+    n = options.bootstrap
+    draws = (rng.integers(0, n_patients, n_patients) for _ in range(n))
+    n_workers = bootstrap_workers(options.workers, n)
+    with Progress(n, "bootstrap", unit="resamples", enabled=show_progress,
+                  after_s=PROGRESS_AFTER_S, interval_s=PROGRESS_EVERY_S) as progress:
+        start = time.monotonic()
+        rows = [_replicate(gt, runs, options, next(draws))]
+        progress.advance()
+        # the default (every core) starts processes only for work that outlasts their start
+        if options.workers is None and (time.monotonic() - start) * (n - 1) < POOL_AFTER_S:
+            n_workers = 1
+        if n_workers == 1:
+            for patients in draws:
+                rows.append(_replicate(gt, runs, options, patients))
+                progress.advance()
+        else:
+            rows += _pooled(gt, runs, options, draws, n_workers, progress)
+    values = {name: {m: [row[name][k] for row in rows]
+                     for k, m in enumerate(BOOTSTRAP_METRICS)} for name in runs}
 
     def interval(xs):
         xs = np.asarray(xs, float)
         return [float(np.percentile(xs, 2.5)), float(np.percentile(xs, 97.5))]
 
-    out = {"n": options.bootstrap, "seed": options.seed, "unit": "patient",
+    out = {"n": options.bootstrap, "seed": options.seed, "unit": "patient", "workers": n_workers,
            "ci95": {name: {m: interval(v) for m, v in per.items()} for name, per in values.items()}}
     names = list(runs)
     if len(names) == 2:
@@ -233,8 +361,12 @@ def evaluate_runs(gt: GroundTruth, runs: dict[str, Detections],
         "prepared": prepared,
         "categories": {str(c): n for c, n in gt.categories},
         "options": options.to_json(),
-        "runs": {name: evaluate_run(gt, dets, options) for name, dets in runs.items()},
     }
+    n_stages = len(STAGES) + (1 if options.froc_strict else 0)
+    with Progress(n_stages * len(runs), "evaluate", unit="stages", enabled=show_progress,
+                  after_s=PROGRESS_AFTER_S, interval_s=PROGRESS_EVERY_S) as progress:
+        document["runs"] = {name: evaluate_run(gt, dets, options, progress=progress, name=name)
+                            for name, dets in runs.items()}
     for name, dets in runs.items():
         # where the detections came from, so that `lesion report` can draw them on the images
         document["runs"][name]["detections"] = _absolute(dets.source)

@@ -19,6 +19,14 @@ resume), ``prepared_config_hash`` (the prepared folder it trained on; resume ref
 There is no scheduler state: the learning rate is a function of ``step``
 (:mod:`deeplesion_cli.frcnn.optim`).
 
+``kind`` says which of the two a file is. ``last.pt`` (``"training"``) holds all of the above:
+``--resume`` continues it exactly. ``best.pt`` (``"weights"``, :func:`weights_only`) holds the
+same dict without ``optimizer``, ``scaler``, ``sampler`` and ``rng``: what ``lesion predict
+frcnn`` needs (weights, ``model_args``, ``classes``, ``options``, ``prepared_*``) and the
+counters that say which epoch it is; with Adam about a third of ``last.pt`` (docs/formats.md).
+Resuming from such a file is refused (:func:`load_for_resume`). Files written before ``kind``
+existed count as ``"training"`` when they hold an ``optimizer``.
+
 Saving is atomic and durable (:func:`deeplesion_cli.atomic.write_durable`: temporary file, fsync,
 rename): a failed save (disk full, read-only file system) leaves the previous file whole and
 raises :class:`CheckpointSaveError` naming the file and the errno.
@@ -36,6 +44,8 @@ from deeplesion_cli import __version__, atomic
 from deeplesion_cli.errors import LesionInputError, LesionRunError
 
 FORMAT = 1
+#: the entries that only resuming needs: ``best.pt`` leaves them out (:func:`weights_only`)
+TRAINING_ONLY = ("optimizer", "scaler", "sampler", "rng")
 
 
 class CheckpointError(LesionInputError):
@@ -101,6 +111,46 @@ def load(path: Path) -> dict:
     return state
 
 
+def weights_only(state: dict) -> dict:
+    """``state`` (a :func:`training_state`) without :data:`TRAINING_ONLY`, marked ``kind``
+    ``"weights"``: what ``best.pt`` holds. The tensors are shared, not copied."""
+    small = {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+    small["kind"] = "weights"
+    return small
+
+
+def is_weights_only(state: dict) -> bool:
+    """Whether a loaded (or peeked) checkpoint lacks the training state ``--resume`` needs."""
+    kind = state.get("kind")
+    return kind == "weights" if kind is not None else "optimizer" not in state
+
+
+def load_for_resume(path: Path) -> dict:
+    """:func:`load` of a checkpoint a run resumes from: :class:`CheckpointError` naming the file
+    when it holds the weights only (a ``best.pt``, or a copy of one)."""
+    state = load(path)
+    if is_weights_only(state):
+        raise CheckpointError(
+            f"{path} holds model weights only (a best.pt: no optimiser, AMP scaler or sampler "
+            "state), so a run cannot resume from it: --resume needs the run's last.pt. Predict "
+            f"with it (`lesion predict frcnn {path} ...`), or start a new run from its weights "
+            f"(`lesion train frcnn ... --weights {path}`)")
+    return state
+
+
+def load_for_predict(path: Path) -> dict:
+    """:func:`load` without :data:`TRAINING_ONLY` (``best.pt`` or ``last.pt`` alike), read
+    through a memory map so that a ``last.pt``'s optimiser state is never read from disk."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an old or odd file: read it whole (CheckpointError naming it)
+        state = load(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model_args" not in state:
+        state = load(path)
+    return {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+
+
 def peek(path: Path) -> dict:
     """The small fields of a checkpoint (``epoch``, ``best``, ``prepared_config_hash``...; no
     weights), read through a memory map so that the tensors are not read."""
@@ -111,8 +161,10 @@ def peek(path: Path) -> dict:
         state = load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model_args" not in state:
         state = load(path)
-    return {k: v for k, v in state.items()
-            if k not in ("model", "optimizer", "scaler", "sampler", "rng")}
+    peeked = {k: v for k, v in state.items() if k != "model" and k not in TRAINING_ONLY}
+    if "kind" not in peeked:  # a file older than ``kind``: say which it is
+        peeked["kind"] = "training" if "optimizer" in state else "weights"
+    return peeked
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -201,10 +253,11 @@ def check_best(run_dir: Path, counters: Counters, select: str) -> str | None:
 def training_state(*, model, model_args: dict, classes, options, counters: Counters, optimizer,
                    scaler, sampler, threads: int, prepared_config_hash,
                    prepared_render: dict | None = None) -> dict:
-    """The checkpoint dict of a run after ``counters.epoch`` epochs (module docstring);
-    ``model`` unwrapped from DDP, ``classes`` a :class:`~deeplesion_cli.frcnn.data.ClassMap`."""
+    """The checkpoint dict of a run after ``counters.epoch`` epochs (module docstring), as
+    ``last.pt`` holds it (``best.pt``: :func:`weights_only` of it); ``model`` unwrapped from DDP,
+    ``classes`` a :class:`~deeplesion_cli.frcnn.data.ClassMap`."""
     return {
-        "format": FORMAT, "tool": "lesion", "version": __version__,
+        "format": FORMAT, "kind": "training", "tool": "lesion", "version": __version__,
         "model_args": model_args, "model": model.state_dict(),
         "classes": {"names": list(classes.names), "category_ids": list(classes.category_ids)},
         "options": options.to_json(), "epoch": counters.epoch, "step": counters.step,

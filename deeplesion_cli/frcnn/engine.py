@@ -23,7 +23,8 @@ numpy and ``random`` with a value derived from ``(seed, e, rank)``; the samplers
 functions of ``(seed, e, rank, world_size)``. A run resumed from ``last.pt`` (saved at the end of an
 epoch with model, optimiser, AMP scaler, step and image counters; the learning rate follows from
 the step) therefore continues exactly as the uninterrupted run would have; with
-``--deterministic`` on CPU the weights are equal bit for bit (tested).
+``--deterministic`` on CPU the weights are equal bit for bit (tested). ``best.pt`` holds the
+weights only (:func:`ckpt.weights_only`): it is never resumed from.
 
 Per epoch (rank 0): a row in ``metrics.csv`` (:mod:`deeplesion_cli.runlog`: the epoch's mean loss
 and its four parts, learning rate, seconds, images/s, share of time waiting for data, and mAP50,
@@ -258,8 +259,15 @@ def _start_or_resume(run_dir: Path, options: TrainOptions | None, resume: bool,
     state = None
     if resume:
         if not last_path.is_file():
+            best_path = run_dir / "best.pt"
+            if best_path.is_file():
+                raise DataError(
+                    f"{last_path} is missing: nothing to resume. {best_path} holds model weights "
+                    "only (no optimiser, AMP scaler or sampler state), so a run cannot resume "
+                    "from it: --resume needs last.pt. Predict with best.pt, or start a new run "
+                    f"from its weights (--weights {best_path}, another --out)")
             raise DataError(f"{last_path}: nothing to resume (no last.pt in the run folder)")
-        state = ckpt.load(last_path)
+        state = ckpt.load_for_resume(last_path)
         options = TrainOptions.from_json(state["options"])
         overrides = dict(overrides or {})
         try:
@@ -279,6 +287,9 @@ def _start_or_resume(run_dir: Path, options: TrainOptions | None, resume: bool,
         if last_path.exists():
             raise DataError(f"{run_dir} already holds a run (last.pt); continue it with --resume "
                             "or choose another --out")
+        if (run_dir / "best.pt").exists():
+            raise DataError(f"{run_dir} already holds a run's best.pt (and no last.pt, so it "
+                            "cannot be resumed); choose another --out, or move best.pt away")
     options.check()
     return state, options
 
@@ -438,9 +449,9 @@ def _record(run: _Run, stats: EpochStats, improved: bool, previous_best: dict) -
         options=run.options, counters=run.counters, optimizer=run.optimizer, scaler=run.scaler,
         sampler=run.data.sampler, threads=run.threads, prepared_config_hash=run.config_hash,
         prepared_render=run.render)
-    if improved:
+    if improved:  # best.pt: the weights and what predicting needs (ckpt.weights_only)
         try:
-            ckpt.save(run.best_path, state)
+            ckpt.save(run.best_path, ckpt.weights_only(state))
         except ckpt.CheckpointSaveError as exc:
             run.counters.best = previous_best
             raise _save_failed(run, exc, stats.epoch, old_best, False) from None

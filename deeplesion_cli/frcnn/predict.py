@@ -188,7 +188,7 @@ def predict(run_or_checkpoint: Path, prepared: Path, out_json: Path, *, split: s
     dev = ckpt.pick_device(device)
     manifest = read_manifest(prepared)
     path = resolve_checkpoint(run_or_checkpoint)
-    state = ckpt.load(path)
+    state = ckpt.load_for_predict(path)  # best.pt or last.pt: the weights, not the optimiser
     warnings = []
     other = check_same_pixels(state, path, Path(prepared), manifest, allow_other_render)
     if other:

@@ -40,7 +40,16 @@ The file
 
 Top-level keys: ``prepared`` (required), ``out`` (default ``matrix``), ``split`` (``train``,
 ``val`` or ``test``; default ``test``), ``defaults`` (tables ``frcnn`` and ``yolo`` only),
-``eval``, ``report`` and ``experiment`` (at least one).
+``eval``, ``report``, ``scheduler`` and ``experiment`` (at least one).
+
+Scheduling (:mod:`deeplesion_cli.spec.scheduler`): ``[scheduler]`` takes the queue's keys
+(partition, account, qos, setup, predict_time, eval_time, rdzv_port) and the training-task
+resources (nodes, gpus_per_node, cpus_per_task, mem, time), which an experiment or
+``[defaults.BACKEND]`` may also set for its own training (kept in
+:attr:`Experiment.resources`, out of the run's options; :meth:`Matrix.resources` merges them).
+A frcnn experiment with more than one node or GPU per node prints a ``torchrun`` line
+(:func:`~deeplesion_cli.matrix.lines.torchrun_prefix`); ``lesion matrix --print --scheduler
+slurm`` writes the remaining steps as a SLURM submit script (:mod:`deeplesion_cli.matrix.slurm`).
 
 Options are those of the commands, declared once in :mod:`deeplesion_cli.spec`, same names
 (:mod:`deeplesion_cli.matrix.options`). frcnn: every option of ``lesion train frcnn`` that has a
@@ -117,7 +126,8 @@ stops with exit code 2; each step locks its own folder (``out/<name>``, ``out/ev
 Modules, one concept each: :mod:`~deeplesion_cli.matrix.options` (which spec options each table
 takes), :mod:`~deeplesion_cli.matrix.model` (the dataclasses and :class:`MatrixError`),
 :mod:`~deeplesion_cli.matrix.load` (reading and validating the file),
-:mod:`~deeplesion_cli.matrix.lines` (shell lines), :mod:`~deeplesion_cli.matrix.state` (run
+:mod:`~deeplesion_cli.matrix.lines` (shell lines), :mod:`~deeplesion_cli.matrix.slurm` (the SLURM
+script), :mod:`~deeplesion_cli.matrix.state` (run
 folders on disk), :mod:`~deeplesion_cli.matrix.plan` (what remains),
 :mod:`~deeplesion_cli.matrix.run` (running it) and :mod:`~deeplesion_cli.matrix.compare` (the
 comparison table). This package imports no torch: ``lesion --help`` may import it.
@@ -128,26 +138,30 @@ from __future__ import annotations
 from deeplesion_cli.matrix.compare import (COMPARISON_METRICS, comparison_markdown,
                                            comparison_rows, fmt_metric, write_comparison)
 from deeplesion_cli.matrix.lines import (eval_line, frcnn_predict_line, frcnn_train_line,
-                                         matrix_line, report_line, yolo_cfg_line,
-                                         yolo_predict_line, yolo_train_line)
+                                         matrix_line, report_line, torchrun_prefix,
+                                         yolo_cfg_line, yolo_predict_line, yolo_train_line)
 from deeplesion_cli.matrix.load import load_matrix, matrix_from_dict
 from deeplesion_cli.matrix.model import (BACKENDS, NAME_RE, RESERVED_NAMES, TOP_KEYS, Experiment,
                                          ExperimentState, Matrix, MatrixError, MatrixResult, Step,
                                          yolo_final_weights)
-from deeplesion_cli.matrix.options import (OptionValues, ReportOptions, YoloOptions, eval_keys,
-                                           frcnn_keys, report_keys, yolo_keys)
+from deeplesion_cli.matrix.options import (OptionValues, ReportOptions, SchedulerOptions,
+                                           YoloOptions, eval_keys, frcnn_keys, report_keys,
+                                           scheduler_keys, task_keys, yolo_keys)
 from deeplesion_cli.matrix.plan import plan, remaining_lines
 from deeplesion_cli.matrix.run import build_matrix_report, evaluate, run_matrix
+from deeplesion_cli.matrix.slurm import slurm_script
 from deeplesion_cli.matrix.state import inspect, read_manifest
 from deeplesion_cli.prepared import SPLITS
 
 __all__ = [
     "BACKENDS", "COMPARISON_METRICS", "NAME_RE", "RESERVED_NAMES", "SPLITS", "TOP_KEYS",
     "Experiment", "ExperimentState", "Matrix", "MatrixError", "MatrixResult", "OptionValues",
-    "ReportOptions", "Step", "YoloOptions", "build_matrix_report", "comparison_markdown",
+    "ReportOptions", "SchedulerOptions", "Step", "YoloOptions", "build_matrix_report",
+    "comparison_markdown",
     "comparison_rows", "eval_keys", "eval_line", "evaluate", "fmt_metric", "frcnn_keys",
     "frcnn_predict_line", "frcnn_train_line", "inspect", "load_matrix", "matrix_from_dict",
     "matrix_line", "plan", "read_manifest", "remaining_lines", "report_keys", "report_line",
-    "run_matrix", "write_comparison", "yolo_cfg_line", "yolo_final_weights", "yolo_keys",
+    "run_matrix", "scheduler_keys", "slurm_script", "task_keys", "torchrun_prefix",
+    "write_comparison", "yolo_cfg_line", "yolo_final_weights", "yolo_keys",
     "yolo_predict_line", "yolo_train_line",
 ]

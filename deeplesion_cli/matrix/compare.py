@@ -1,7 +1,7 @@
 """The comparison of a matrix: ``out/comparison.md`` and ``out/comparison.csv``, one row per
 experiment with the options that differ between experiments of its backend (those the spec marks
-``compared``), its status, and COCO AP50, AP, FROC mean sensitivity at 0.5-4 FP/image and
-sensitivity at 4 FP/image from ``metrics.json``.
+``compared``), its status, and its detection count, COCO AP50, AP, FROC mean sensitivity at
+0.5-4 FP/image and sensitivity at 4 FP/image from ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from deeplesion_cli.matrix.options import backend_keys
 
 #: comparison columns: (header, key in a row, path into a run's metrics block)
 COMPARISON_METRICS = (
+    ("detections", "n_detections", ("n_detections",)),
     ("COCO AP50", "ap50", ("coco", "AP50")),
     ("COCO AP", "ap", ("coco", "AP")),
     ("FROC mean@0.5-4", "froc_mean", ("froc", "mean_sens_0.5_4")),
@@ -35,8 +36,12 @@ def _metric(block: dict, where: tuple):
     return value
 
 
-def fmt_metric(value) -> str:
-    """As the evaluation tables print numbers: 4 decimals, "–" when undefined."""
+def fmt_metric(value, key: str | None = None, markup: bool = False) -> str:
+    """As the evaluation tables print numbers: 4 decimals, "–" when undefined; the detection
+    count (``key`` "n_detections") whole, 0 as "0 (no detections)" (in red with ``markup``)."""
+    if key == "n_detections" and value is not None:
+        text = f"{value} (no detections)" if value == 0 else str(value)
+        return f"[bold red]{text}[/bold red]" if markup and value == 0 else text
     if value is None:
         return "–"
     if isinstance(value, float) and math.isnan(value):
@@ -133,7 +138,7 @@ def comparison_markdown(matrix: Matrix, rows: list[dict], document: dict | None)
     header = ["experiment", "backend", "options", "status"] + [h for h, _, _ in
                                                                COMPARISON_METRICS]
     table = [[r["experiment"], r["backend"], r["options"], r["status"]]
-             + [fmt_metric(r[key]) for _, key, _ in COMPARISON_METRICS] for r in rows]
+             + [fmt_metric(r[key], key) for _, key, _ in COMPARISON_METRICS] for r in rows]
     parts.append(markdown(header, table))
     return "\n".join(parts)
 

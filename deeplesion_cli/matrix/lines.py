@@ -3,7 +3,10 @@ queue). Run in order, the lines do what :func:`~deeplesion_cli.matrix.run.run_ma
 
 The words come from :mod:`deeplesion_cli.steps` (the ``*_words`` companions of the step functions
 the matrix runs, built from the options' one declaration, read at call time); the command's
-plumbing (the prepared folder, ``--out``, ``--cfg``, ``-o``) from the matrix's folder layout. Paths are relative to ``cwd`` when inside it, else absolute.
+plumbing (the prepared folder, ``--out``, ``--cfg``, ``-o``) from the matrix's folder layout.
+Paths are relative to ``cwd`` when inside it, else absolute. A frcnn training whose task asks for
+more than one node or GPU per node is a ``torchrun ... -m deeplesion_cli train frcnn ...`` line
+(:func:`torchrun_prefix`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,43 @@ from deeplesion_cli.spec import evaluation as eval_spec
 from deeplesion_cli.spec.core import shell_line, shell_path
 
 
+#: the variable a multi-node torchrun line reads its rendezvous host from
+RDZV_HOST_VAR = "LESION_RDZV_HOST"
+
+
 def frcnn_train_line(matrix: Matrix, exp: Experiment, cwd: Path, resume: bool = False) -> str:
     """``lesion train frcnn`` with every option that has a value as a flag (``resume``:
-    ``--resume`` and only the options a resumed run may change)."""
-    return shell_line(steps.train_frcnn_words(matrix.prepared, exp.run_dir,
-                                              option_values(exp.options, frcnn_spec_now()),
-                                              cwd, resume=resume))
+    ``--resume`` and only the options a resumed run may change); under ``torchrun`` when the
+    experiment's task asks for more than one node or GPU (:func:`torchrun_prefix`)."""
+    words = steps.train_frcnn_words(matrix.prepared, exp.run_dir,
+                                    option_values(exp.options, frcnn_spec_now()), cwd,
+                                    resume=resume)
+    prefix = torchrun_prefix(matrix, exp)
+    if prefix is None:
+        return shell_line(words)
+    return prefix + " " + shell_line(["-m", "deeplesion_cli", *words[1:]])
+
+
+def torchrun_prefix(matrix: Matrix, exp: Experiment) -> str | None:
+    """The ``torchrun`` words before ``-m deeplesion_cli train frcnn ...`` for a frcnn task with
+    ``nodes`` > 1 or ``gpus_per_node`` > 1 (None otherwise): one node, ``--standalone
+    --nproc_per_node G``; several, ``--nnodes N --nproc_per_node G`` with a c10d rendezvous at
+    ``$LESION_RDZV_HOST:rdzv_port`` (the first node: the line runs once on each node, all with
+    the same host; the SLURM script sets it and starts the line with ``srun`` on every node)."""
+    if exp.backend != "frcnn":
+        return None
+    task = matrix.resources(exp)
+    nodes, gpus = task["nodes"], task["gpus_per_node"]
+    if nodes == 1 and gpus <= 1:
+        return None
+    per_node = ["--nproc_per_node", str(max(gpus, 1))]
+    if nodes == 1:
+        return shell_line(["torchrun", "--standalone", "--nnodes", "1", *per_node])
+    port = matrix.scheduler.rdzv_port
+    endpoint = (f'"${{{RDZV_HOST_VAR}:?the first node of the {nodes}: run this line on each '
+                f'of them}}:{port}"')
+    return (shell_line(["torchrun", "--nnodes", str(nodes), *per_node, "--rdzv_id", exp.name,
+                        "--rdzv_backend", "c10d"]) + " --rdzv_endpoint " + endpoint)
 
 
 def frcnn_predict_line(matrix: Matrix, exp: Experiment, cwd: Path) -> str:

@@ -22,8 +22,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 from deeplesion_cli.matrix.model import (BACKENDS, NAME_RE, RESERVED_NAMES, TOP_KEYS, Experiment,
                                          Matrix, MatrixError)
-from deeplesion_cli.matrix.options import (ReportOptions, YoloOptions, backend_keys, eval_keys,
-                                           report_keys, toml_value, unknown_key)
+from deeplesion_cli.matrix.options import (ReportOptions, SchedulerOptions, YoloOptions,
+                                           eval_keys, experiment_keys, report_keys,
+                                           scheduler_keys, task_keys, toml_value, unknown_key)
 from deeplesion_cli.prepared import SPLITS
 from deeplesion_cli.spec.core import Option, Spec, type_name
 
@@ -97,7 +98,7 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
     defaults = _check_table(doc.get("defaults", {}), BACKENDS, section("defaults"), "backend")
     shared: dict[str, dict] = {}
     for backend, table in defaults.items():
-        known = backend_keys(backend)
+        known = experiment_keys(backend)
         fail_in = section(f"defaults.{backend}")
         _check_table(table, known, fail_in, f"{backend} option")
         shared[backend] = _table_values(table, known, fail_in, base)
@@ -107,6 +108,10 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
     report_table = _check_table(doc.get("report", {}), report_keys(), section("report"),
                                 "report option")
     report = ReportOptions(**_table_values(report_table, report_keys(), section("report"), base))
+    scheduler_table = _check_table(doc.get("scheduler", {}), scheduler_keys(),
+                                   section("scheduler"), "scheduler option")
+    scheduler = SchedulerOptions(**_table_values(scheduler_table, scheduler_keys(),
+                                                 section("scheduler"), base))
 
     items = doc.get("experiment")
     if items is None:
@@ -139,20 +144,47 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
         backend = item.get("backend")
         if backend not in BACKENDS:
             raise fail(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
-        known = backend_keys(backend)
+        known = experiment_keys(backend)
         for key in item:
             if key not in ("name", "backend") and key not in known:
                 raise fail(unknown_key(key, known, f"{backend} option"), key)
         given = dict(shared.get(backend, {}))
         given.update(_table_values({k: v for k, v in item.items() if k not in ("name", "backend")},
                                    known, fail, base))
+        resources = {k: given.pop(k) for k in task_keys().names() if k in given}
         if backend == "frcnn":
             options = _frcnn_options(given, fail)
         else:
             options = _yolo_options(given, fail)
         seen[name.lower()] = len(experiments)
-        experiments.append(Experiment(name, backend, index, given, options, out / name))
-    return Matrix(path, prepared, out, split, tuple(experiments), eval_options, report)
+        experiments.append(Experiment(name, backend, index, given, options, out / name,
+                                      resources))
+    matrix = Matrix(path, prepared, out, split, tuple(experiments), eval_options, report,
+                    scheduler)
+    for exp in experiments:
+        _check_resources(matrix, exp)
+    return matrix
+
+
+def _check_resources(matrix: Matrix, exp: Experiment) -> None:
+    """What a training task's resources cannot be for its backend: darknet trains on one node,
+    and its ``-gpus`` list (``gpus``) names the GPUs of the task."""
+    if exp.backend != "yolo":
+        return
+    task = matrix.resources(exp)
+
+    def fail(message: str, key: str) -> MatrixError:
+        return MatrixError(message, file=matrix.path, experiment=exp.label, key=key)
+
+    if task["nodes"] > 1:
+        raise fail(f"nodes = {task['nodes']}: darknet trains on one node (its -gpus lists the "
+                   "GPUs of that node); only frcnn experiments run on several nodes (torchrun): "
+                   "set nodes = 1 here or in [defaults.yolo]",
+                   "nodes")
+    gpus = exp.options.gpus
+    if gpus is not None and len(gpus.split(",")) > task["gpus_per_node"]:
+        raise fail(f"gpus = {gpus!r} lists {len(gpus.split(','))} GPU(s) but the task asks for "
+                   f"gpus_per_node = {task['gpus_per_node']}", "gpus_per_node")
 
 
 def _frcnn_options(given: dict, fail):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deeplesion_cli.errors import LesionInputError
-from deeplesion_cli.matrix.options import ReportOptions
+from deeplesion_cli.matrix.options import ReportOptions, SchedulerOptions
 
 BACKENDS = ("frcnn", "yolo")
 #: run folder names: a letter or digit, then letters, digits, ``-`` and ``_`` (no dots: darknet
@@ -19,7 +19,8 @@ BACKENDS = ("frcnn", "yolo")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: folders of ``out/`` that are not run folders
 RESERVED_NAMES = ("eval", "report")
-TOP_KEYS = ("prepared", "out", "split", "defaults", "eval", "report", "experiment")
+TOP_KEYS = ("prepared", "out", "split", "defaults", "eval", "report", "scheduler",
+            "experiment")
 
 
 class MatrixError(LesionInputError):
@@ -48,6 +49,9 @@ class Experiment:
     given: dict                        # options as set in the file (defaults merged), normalised
     options: object                    # TrainOptions (frcnn) or YoloOptions (yolo)
     run_dir: Path
+    #: its training task's resources as set in the file (spec.scheduler.TASK names; defaults
+    #: merged), apart from ``given``: they shape the queue, not the run
+    resources: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -77,6 +81,7 @@ class Matrix:
     experiments: tuple[Experiment, ...]
     eval_options: object               # deeplesion_cli.evaluation.evaluate.EvalOptions
     report: ReportOptions
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)   # [scheduler]
 
     @property
     def eval_dir(self) -> Path:
@@ -91,6 +96,15 @@ class Matrix:
             if exp.name == name:
                 return exp
         raise KeyError(name)
+
+    def resources(self, exp: Experiment) -> dict:
+        """``exp``'s training task: every :data:`~deeplesion_cli.spec.scheduler.TASK` option,
+        from the experiment (or its backend's defaults), else ``[scheduler]``, else the
+        declared default."""
+        from deeplesion_cli.spec.scheduler import TASK
+
+        table = self.scheduler.as_dict()
+        return {name: exp.resources.get(name, table[name]) for name in TASK.names()}
 
 
 @dataclass

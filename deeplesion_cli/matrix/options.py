@@ -8,7 +8,10 @@ Every option comes from the one declaration in :mod:`deeplesion_cli.spec`:
 * a ``yolo`` experiment those of ``lesion cfg``, ``lesion train yolo`` and ``lesion predict yolo``
   (:data:`deeplesion_cli.spec.darknet.YOLO_EXPERIMENT`);
 * ``[eval]`` those of ``lesion eval`` (:data:`deeplesion_cli.spec.evaluation.EVAL`) and
-  ``[report]`` those of ``lesion report`` (:data:`~deeplesion_cli.spec.evaluation.REPORT`).
+  ``[report]`` those of ``lesion report`` (:data:`~deeplesion_cli.spec.evaluation.REPORT`);
+* ``[scheduler]`` the queue's (:data:`deeplesion_cli.spec.scheduler.SCHEDULER`), and an
+  experiment (or ``[defaults.BACKEND]``) also its training task's resources
+  (:data:`~deeplesion_cli.spec.scheduler.TASK`: nodes, gpus_per_node, cpus_per_task, mem, time).
 
 The spec modules are read through their module attributes on every call (never copied at import),
 so an option declared there is accepted here, printed by ``lesion matrix --print`` and shown in
@@ -24,6 +27,7 @@ from typing import Any
 from deeplesion_cli.spec import darknet as darknet_spec
 from deeplesion_cli.spec import evaluation as eval_spec
 from deeplesion_cli.spec import frcnn as frcnn_spec
+from deeplesion_cli.spec import scheduler as scheduler_spec
 from deeplesion_cli.spec.core import Option, Spec, number_word
 
 
@@ -59,6 +63,23 @@ def report_keys() -> Spec:
 
 def backend_keys(backend: str) -> Spec:
     return frcnn_keys() if backend == "frcnn" else yolo_keys()
+
+
+def scheduler_keys() -> Spec:
+    """The ``[scheduler]`` table's keys (:data:`~deeplesion_cli.spec.scheduler.SCHEDULER`)."""
+    return scheduler_spec.SCHEDULER
+
+
+def task_keys() -> Spec:
+    """The training-task resources an experiment or ``[defaults.BACKEND]`` may set beside its
+    backend's options (:data:`~deeplesion_cli.spec.scheduler.TASK`)."""
+    return scheduler_spec.TASK
+
+
+def experiment_keys(backend: str) -> Spec:
+    """Every key of an experiment of ``backend`` (or of its defaults table) but name and
+    backend: its backend's options, then the training-task resources."""
+    return Spec(f"{backend} experiment", [*backend_keys(backend), *task_keys()])
 
 
 def unknown_key(key: str, known, what: str) -> str:
@@ -164,6 +185,16 @@ class ReportOptions(OptionValues):
     @classmethod
     def declared(cls) -> Spec:
         return report_keys()
+
+
+class SchedulerOptions(OptionValues):
+    """The ``[scheduler]`` table's options (:func:`scheduler_keys`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def declared(cls) -> Spec:
+        return scheduler_keys()
 
 
 def option_values(options, spec: Spec) -> dict:

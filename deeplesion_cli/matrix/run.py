@@ -17,7 +17,7 @@ from deeplesion_cli.lock import folder_lock
 from deeplesion_cli.spec import darknet as darknet_spec
 from deeplesion_cli.spec import evaluation as eval_spec
 from deeplesion_cli.matrix.compare import comparison_rows, write_comparison
-from deeplesion_cli.matrix.lines import eval_line, report_line
+from deeplesion_cli.matrix.lines import eval_line, report_line, torchrun_prefix
 from deeplesion_cli.matrix.load import load_matrix
 from deeplesion_cli.matrix.model import Matrix, MatrixError, MatrixResult, Step, yolo_final_weights
 from deeplesion_cli.matrix.plan import plan
@@ -228,6 +228,16 @@ def _run_locked(matrix: Matrix, only: Sequence[str], show_progress: bool,
     steps = plan(matrix, only)
     _preflight(matrix, steps)
     result = MatrixResult(matrix, steps)
+    for step in steps:
+        if not step.done and step.kind in ("train", "resume") and \
+                torchrun_prefix(matrix, matrix.experiment(step.experiment)) is not None:
+            task = matrix.resources(matrix.experiment(step.experiment))
+            result.warnings.append(
+                f"{step.experiment}: its task asks for {task['nodes']} node(s) x "
+                f"{task['gpus_per_node']} GPU(s) but `lesion matrix` trains it here in one "
+                "process; `lesion matrix FILE --print` (or --print --scheduler slurm) gives its "
+                "torchrun line")
+            log(result.warnings[-1])
     _run_experiments(matrix, steps, result, show_progress, log)
     states = _states(matrix, steps, result, log)
     complete = [n for n, s in states.items() if s.complete]

@@ -25,12 +25,21 @@ Output layout (``out_dir``; every figure a PNG, plus a PDF beside it with ``pdf=
     data/class_histogram.png              lesions per class and split
     data/box_size_mm.png                  long RECIST diameter per split
     eval/froc.png                         FROC of every evaluated run
-    eval/<eval>/pr_<run>.png              PR per class at IoU 0.5
-    eval/<eval>/confusion_<run>.png       confusion matrix, counts
-    eval/<eval>/confusion_norm_<run>.png  the same, row-normalised
-    overlays/<eval>/<run>/best_<k>_<image>.png, worst_<k>_<image>.png, image_<image>.png
+    eval/pr_<run>.png                     PR per class at IoU 0.5
+    eval/confusion_<run>.png              confusion matrix, counts
+    eval/confusion_norm_<run>.png         the same, row-normalised
+    overlays/<run>/best_<k>_<image>.png, worst_<k>_<image>.png, image_<image>.png
     overlays/prepared/<split>_<image>.png chosen images, ground truth only (no evaluation given)
     tables/<table>.md .tex .csv           runs, data, backends, per_class, froc, box_size
+
+With several evaluations, each one's files go one folder deeper, ``eval/<eval>/`` and
+``overlays/<eval>/<run>/`` (one evaluation: no such folder, so never ``eval/eval/``).
+
+index.md reads top to bottom, one heading per section: Data (data table and histograms),
+Training (run table), Results (the runs without detections in words, then the comparison
+tables, each with its detection counts), Curves (each run's training curves, the FROC of every
+run), Precision-recall and confusion per run, Overlays, Tables (the files), Warnings. No two
+headings are the same.
 
 All files are written atomically. Names are made file-safe (anything but letters, digits, ``-``
 and ``_`` becomes ``_``) and made unique with ``_2``, ``_3``... . This module lays out the
@@ -97,21 +106,24 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temps(out_dir)
     w = ReportWriter(out_dir, pdf)
+    entries: list[EvalEntry] = [
+        (name if len(eval_infos) == 1 else f"{ev.label}/{name}", name, block, ev.document, ev)
+        for ev in eval_infos for name, block in ev.document["runs"].items()]
     w.md += ["# Lesion detection report\n",
              f"Written by lesion {__version__} (`lesion report`). Inputs: "
              + "; ".join(filter(None, [
                  f"{len(run_infos)} training run(s)" if run_infos else "",
                  f"{len(eval_infos)} evaluation(s)" if eval_infos else "",
                  f"prepared folder `{prep.path}`" if prep else ""])) + ".\n"]
-    if run_infos:
-        _runs_section(w, run_infos)
     if prep is not None:
         _data_section(w, prep)
-    entries: list[EvalEntry] = [
-        (name if len(eval_infos) == 1 else f"{ev.label}/{name}", name, block, ev.document, ev)
-        for ev in eval_infos for name, block in ev.document["runs"].items()]
+    if run_infos:
+        _runs_section(w, run_infos)
     if eval_infos:
-        _eval_section(w, eval_infos, entries)
+        _results_section(w, eval_infos, entries)
+    _curves_section(w, run_infos, entries)
+    if eval_infos:
+        _per_run_section(w, eval_infos, entries)
     _overlays_section(w, eval_infos, entries, prep, [str(n) for n in images], n_overlay)
     index = _finish(w)
     return ReportResult(out_dir=out_dir, index=index, files=list(w.files),
@@ -136,34 +148,15 @@ def check_same_data(ev: EvalInfo, prep: PreparedInfo) -> None:
 
 # ------------------------------------------------------------------------------------ sections
 
-def _runs_section(w: ReportWriter, run_infos: list[RunInfo]) -> None:
-    """The run table, and each run's training curves (loss, train/val mAP50...)."""
-    w.md.append("## Training runs\n")
-    t = run_table(run_infos)
-    w.add_table("Training runs", t)
-    figs: list = []
-    for run in run_infos:
-        for note in run.notes:
-            w.warn(note)
-        w.md.append(f"### {run.label}\n")
-        w.md.append(f"{run.backend} run `{run.path}` ({len(run.rows)} rows in metrics.csv).\n")
-        if not run.rows:
-            w.warn(f"run {run.label}: metrics.csv has no rows; no curves")
-            continue
-        if run.backend == "frcnn":
-            kwargs = dict(x="epoch", xlabel="epoch")
-        else:
-            kwargs = dict(x="step", xlabel="iteration",
-                          panels=(("loss", None), ("mAP50", "mAP50")),
-                          loss_columns=("loss", "avg_loss"))
-            if not any(r.get("val_mAP50") is not None for r in run.rows):
-                w.warn(f"run {run.label}: no val_mAP50 in metrics.csv (darknet trains "
-                       "without -map): the curves show the loss only")
-        p = w.figure(f"runs/{run.label}_curves.png", plots.training_curves, run.rows,
-                     title=f"{run.label} ({run.arch})", drop_empty=True, **kwargs)
-        w.md.append(w.image_md(p, f"{run.label} training curves") + "\n")
-        w.tex_fig(p, f"{run.label}: training curves (train and val)", figs)
-    w.tex_sections.append(("Training runs", [f"tables/{t.name}.tex"], figs))
+#: The heading of the per-run section (precision-recall and confusion matrices).
+PER_RUN = "Precision-recall and confusion per run"
+
+
+def eval_base(ev: EvalInfo, n_evals: int, top: str) -> str:
+    """The folder of an evaluation's files under ``top`` (``eval``, ``overlays``): ``top/``
+    itself for the only evaluation, ``top/<eval label>/`` with several (never
+    ``eval/eval/``)."""
+    return f"{top}/" if n_evals == 1 else f"{top}/{ev.label}/"
 
 
 def _data_section(w: ReportWriter, prep: PreparedInfo) -> None:
@@ -173,7 +166,7 @@ def _data_section(w: ReportWriter, prep: PreparedInfo) -> None:
                 + (f", task {prep.manifest.get('options', {}).get('task')}"
                    if prep.manifest.get("options") else "") + ".\n")
     t = data_table(prep)
-    w.add_table("Data", t)
+    w.add_table("Data", t, heading=None)
     _, counts = data_counts(prep)
     figs: list = []
     p = w.figure("data/class_histogram.png", plots.class_histogram, counts)
@@ -191,10 +184,24 @@ def _data_section(w: ReportWriter, prep: PreparedInfo) -> None:
     w.tex_sections.append(("Data", [f"tables/{t.name}.tex"], figs))
 
 
-def _eval_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list[EvalEntry]) -> None:
-    """What was evaluated, the comparison tables, the FROC of every run, and per run its PR
-    curves and confusion matrices."""
-    w.md.append("## Evaluation\n")
+def _runs_section(w: ReportWriter, run_infos: list[RunInfo]) -> None:
+    """The run table (the curves come in :func:`_curves_section`)."""
+    w.md.append("## Training\n")
+    for run in run_infos:
+        for note in run.notes:
+            w.warn(note)
+    w.md.append("Runs: " + "; ".join(f"`{run.label}`: {run.backend} run `{run.path}` "
+                                     f"({len(run.rows)} rows in metrics.csv)"
+                                     for run in run_infos) + ".\n")
+    t = run_table(run_infos)
+    w.add_table("Training", t, heading=None)
+    w.tex_sections.append(("Training runs", [f"tables/{t.name}.tex"], []))
+
+
+def _results_section(w: ReportWriter, eval_infos: list[EvalInfo],
+                     entries: list[EvalEntry]) -> None:
+    """What was evaluated, the runs without detections in words, and the comparison tables."""
+    w.md.append("## Results\n")
     for ev in eval_infos:
         o = ev.document.get("options") or {}
         w.md.append(f"- `{ev.label}`: `{ev.path}`, ground truth "
@@ -205,25 +212,67 @@ def _eval_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list[Eva
     for ev in eval_infos:
         for message in ev.document.get("warnings") or []:
             w.warn(f"eval {ev.label}: {message}")
+    flags = [tables.no_detection_words(lab, b, float((d.get("options") or {}).get("score", 0.25)))
+             for lab, _, b, d, _ in entries]
+    if any(flags):
+        w.md.append("\n".join(f"- **{f}**" for f in flags if f) + "\n")
     blocks = [(lab, b, d) for lab, _, b, d, _ in entries]
     ev_tables = [tables.backend_table(blocks), tables.froc_table(blocks),
                  tables.per_class_table(blocks), tables.box_size_table(blocks)]
     for t in ev_tables:
-        w.add_table("Evaluation", t)
-    figs: list = []
+        w.add_table("Results", t)
+    w.tex_sections.append(("Results", [f"tables/{t.name}.tex" for t in ev_tables], []))
+
+
+def _curves_section(w: ReportWriter, run_infos: list[RunInfo], entries: list[EvalEntry]) -> None:
+    """Each run's training curves (loss, train/val mAP50, mAP, mean IoU, FROC@4 for Faster
+    R-CNN; loss and mAP50 for darknet), then the FROC of every evaluated run."""
     froc_runs = {lab: b for lab, _, b, _, _ in entries if b.get("froc")}
+    drawable = [run for run in run_infos if run.rows]
+    for run in run_infos:
+        if not run.rows:
+            w.warn(f"run {run.label}: metrics.csv has no rows; no curves")
+    if not drawable and not froc_runs:
+        return
+    w.md.append("## Curves\n")
+    figs: list = []
+    for run in drawable:
+        if run.backend == "frcnn":   # every panel, even empty (it says why)
+            kwargs = dict(x="epoch", xlabel="epoch", drop_empty=False)
+        else:
+            kwargs = plots.DARKNET_CURVES
+            if not any(r.get("val_mAP50") is not None for r in run.rows):
+                w.warn(f"run {run.label}: no val_mAP50 in metrics.csv (darknet trains "
+                       "without -map): the curves show the loss only")
+        w.md.append(f"### {run.label}: training curves\n")
+        p = w.figure(f"runs/{run.label}_curves.png", plots.training_curves, run.rows,
+                     title=f"{run.label} ({run.arch})", **kwargs)
+        w.md.append(w.image_md(p, f"{run.label} training curves") + "\n")
+        w.tex_fig(p, f"{run.label}: training curves (train and val)", figs)
     if froc_runs:
         p = w.figure("eval/froc.png", plots.froc_curves, froc_runs)
         w.md.append("### FROC of every run\n")
         w.md.append(w.image_md(p, "FROC") + "\n")
         w.tex_fig(p, "FROC of every evaluated run", figs)
+    w.tex_sections.append(("Curves", [], figs))
+
+
+def _per_run_section(w: ReportWriter, eval_infos: list[EvalInfo],
+                     entries: list[EvalEntry]) -> None:
+    """Per evaluated run: its PR curves and confusion matrices (counts, row-normalised)."""
+    w.md.append(f"## {PER_RUN}\n")
+    figs: list = []
     # file-safe run names, unique within each evaluation (a/b and a_b must not share a figure)
     safe_of = {id(ev): dict(zip(ev.document["runs"],
                                 unique_names([safe_name(n) for n in ev.document["runs"]])))
                for ev in eval_infos}
-    for lab, name, block, _doc, ev in entries:
-        base, safe = f"eval/{ev.label}/", safe_of[id(ev)][name]
+    for lab, name, block, doc, ev in entries:
+        base, safe = eval_base(ev, len(eval_infos), "eval"), safe_of[id(ev)][name]
         w.md.append(f"### {lab}: precision-recall and confusion\n")
+        flag = tables.no_detection_words(lab, block,
+                                         float((doc.get("options") or {}).get("score", 0.25)))
+        if flag:
+            w.md.append(f"**{flag}**\n")
         items = []
         if block.get("per_class"):
             p = w.figure(f"{base}pr_{safe}.png", plots.pr_curves, lab, block)
@@ -236,7 +285,7 @@ def _eval_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list[Eva
                 items.append(w.image_md(p, f"{lab} confusion {what}"))
                 w.tex_fig(p, f"{lab}: confusion matrix ({what})", figs)
         w.md.append("\n".join(i for i in items if i) + "\n")
-    w.tex_sections.append(("Evaluation", [f"tables/{t.name}.tex" for t in ev_tables], figs))
+    w.tex_sections.append((PER_RUN, [], figs))
 
 
 # ------------------------------------------------------------------------------------ overlays
@@ -251,7 +300,8 @@ def _overlays_section(w: ReportWriter, eval_infos: list[EvalInfo], entries: list
     for ev in eval_infos:
         runs_here = [(lab, name, b) for lab, name, b, _, e in entries if e is ev]
         if runs_here and (n_overlay > 0 or wanted):
-            _eval_overlays(w, ev, runs_here, prep, wanted, n_overlay, found, md, figs)
+            _eval_overlays(w, ev, runs_here, prep, wanted, n_overlay, found, md, figs,
+                           n_evals=len(eval_infos))
     if wanted and not eval_infos and prep is not None:
         _prepared_overlays(w, prep, wanted, found, md, figs)
     for n in wanted:
@@ -278,9 +328,10 @@ def _index_of(gt, name: str) -> int | None:
 
 def _eval_overlays(w: ReportWriter, ev: EvalInfo, runs_here: list[tuple[str, str, dict]],
                    prep: PreparedInfo | None, wanted: list[str], n_overlay: int,
-                   found: set[str], md: list[str], figs: list) -> None:
+                   found: set[str], md: list[str], figs: list, n_evals: int = 1) -> None:
     """Each run's best and worst ``n_overlay`` images and the ``wanted`` ones, at the
-    evaluation's score threshold and IoU."""
+    evaluation's score threshold and IoU (``n_evals``: how many evaluations the report has,
+    for :func:`eval_base`)."""
     data = EvalSources(ev, prep.path if prep else None, w)
     if data.gt is None:
         return
@@ -304,7 +355,7 @@ def _eval_overlays(w: ReportWriter, ev: EvalInfo, runs_here: list[tuple[str, str
         picks = [(f"best_{k}", "best", s) for k, s in enumerate(best, 1)]
         picks += [(f"worst_{k}", "worst", s) for k, s in enumerate(worst, 1)]
         picks += [("image", "chosen", per_image[i]) for i in chosen]
-        md.append(f"### {lab}\n")
+        md.append(f"### {lab}: overlays\n")
         line: list[str] = []
         current = None
         for prefix, kind, s in picks:
@@ -320,7 +371,7 @@ def _eval_overlays(w: ReportWriter, ev: EvalInfo, runs_here: list[tuple[str, str
                 continue
             gt_boxes, preds = overlays.boxes_of_image(data.gt, dets, s.index, score, iou,
                                                       matched)
-            rel = (f"overlays/{ev.label}/{safe_runs[name]}/{prefix}_"
+            rel = (f"{eval_base(ev, n_evals, 'overlays')}{safe_runs[name]}/{prefix}_"
                    f"{safe_name(Path(s.name).stem)}.png")
             p = w.figure(rel, overlays_draw, image_path, gt_boxes, preds,
                          _overlay_caption(lab, s.name, kind, s, score, iou))
@@ -393,4 +444,6 @@ def _finish(w: ReportWriter) -> Path:
         w.md.append("## Warnings\n")
         w.md += [f"- {m}" for m in w.warnings]
         w.md.append("")
+    order = [line[3:].strip() for line in w.md if line.startswith("## ")]
+    w.md.insert(2, "Sections, in reading order: " + " · ".join(order) + ".\n")
     return w.text("index.md", "\n".join(w.md))

@@ -223,3 +223,74 @@ def boxes_of_image(gt: GroundTruth, dets: Detections | None, index: int, score: 
 
 
 LEGEND = "green: ground truth, orange: true positive, red: false positive (score on the label)"
+
+
+# ----------------------------------------------------------------------- lesion predict --draw
+
+#: Score at or above which ``lesion predict --draw`` draws a prediction (the evaluation's
+#: default ``--score``, so that the pictures show the boxes ``lesion eval`` counts at it).
+DRAW_SCORE = 0.25
+#: The IoU at which ``--draw`` colours a kept prediction as a true positive.
+DRAW_IOU = 0.5
+
+
+def draw_dir(out_json) -> Path:
+    """Where ``lesion predict ... -o OUT.json --draw N`` writes its pictures:
+    ``OUT_draw/`` beside the detections."""
+    out_json = Path(out_json)
+    return out_json.with_name(f"{out_json.stem}_draw")
+
+
+def spread(n_items: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(n_items)`` (all of them when ``n >= n_items``),
+    first and last included: pictures from the whole split, not its first patient only."""
+    if n <= 0 or n_items <= 0:
+        return []
+    if n >= n_items:
+        return list(range(n_items))
+    if n == 1:
+        return [0]
+    return sorted({round(k * (n_items - 1) / (n - 1)) for k in range(n)})
+
+
+def draw_predictions(prepared, split: str, detections_path, n: int, *,
+                     score: float = DRAW_SCORE, iou: float = DRAW_IOU) -> list[Path]:
+    """``lesion predict ... --draw N``: draw ``n`` images of ``split`` of the prepared folder
+    with the predictions of ``detections_path`` at or above ``score`` (orange when they match a
+    lesion at ``iou``, red when not, score on the label) and the ground truth (green), into
+    :func:`draw_dir`; the images are spread over the split in file-name order
+    (:func:`spread`). PNGs a previous ``--draw`` left there are replaced. Returns the paths
+    written (fewer than ``n`` when the split has fewer images)."""
+    from deeplesion_cli.formats.detections import read_detections, read_names
+    from deeplesion_cli.formats.groundtruth import load_ground_truth
+    from deeplesion_cli.prepared import Prepared
+
+    folder = Prepared(prepared)
+    gt = load_ground_truth(folder.coco_path(split))
+    names = read_names(folder.names_path) if folder.names_path.is_file() else None
+    dets = read_detections(detections_path, gt, names=names)
+    out_dir = draw_dir(detections_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    matched = match_at(gt, dets, score, iou)
+    per_image = {s.index: s for s in image_scores(gt, dets, score, iou)}
+    kept = matched[0]
+    image = np.asarray(dets.image, dtype=np.int64)
+    by_name = sorted(range(gt.n_images), key=lambda i: gt.image_names[i])
+    written: list[Path] = []
+    for i in (by_name[k] for k in spread(len(by_name), n)):
+        name = gt.image_names[i]
+        gt_boxes, preds = boxes_of_image(gt, dets, i, score, iou, matched)
+        s = per_image[i]
+        n_kept = int(np.count_nonzero(kept & (image == i)))
+        n_all = int(np.count_nonzero(image == i))
+        caption = [f"{Path(detections_path).name}  |  {split}  |  {name}",
+                   f"{n_kept} detection{'' if n_kept == 1 else 's'} at score >= {score:g} "
+                   f"({n_all} in all): TP {s.tp}, "
+                   f"FP {s.fp}, FN {s.fn} at IoU {iou:g}"
+                   + ("  -  no detections" if n_all == 0 else ""),
+                   LEGEND]
+        out = out_dir / f"{Path(name).stem}.png"
+        written += draw_overlay(folder.image_dir(split) / name, out, gt_boxes, preds, caption)
+    return written

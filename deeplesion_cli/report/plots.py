@@ -121,21 +121,28 @@ def confusion_matrix(run: str, block: dict, path: Path, normalize: bool = False,
 CURVE_PANELS = (("loss", None), ("mAP50", "mAP50"), ("mAP (0.5:0.95)", "mAP"),
                 ("mean IoU of TPs", "mean_iou"), ("FROC sensitivity @4 FP/img", "froc_sens4"))
 
+#: What an empty metric panel says, by column suffix (default: :data:`EMPTY_PANEL`).
+EMPTY_NOTES = {"mean_iou": "no true positive at score >= 0.25 yet:\nmean IoU undefined"}
+EMPTY_PANEL = "no value logged"
+#: :func:`training_curves` of a darknet run: one row per iteration, its loss and average loss,
+#: and mAP50 where ``-map`` logged one (panels without any value are left out)
+DARKNET_CURVES = dict(x="step", xlabel="iteration", panels=(("loss", None), ("mAP50", "mAP50")),
+                      loss_columns=("loss", "avg_loss"), drop_empty=True)
 
-def training_curves(rows: list[dict], path: Path, title: str = "", *, x: str = "epoch",
+
+def integer_ticks(axis) -> None:
+    """Ticks of ``axis`` (an x axis of epochs or iterations) at whole numbers only, even when
+    the axis spans one epoch (``min_n_ticks=1``: matplotlib's default of 2 falls back to
+    fractions there)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def training_figure(rows: list[dict], title: str = "", *, x: str = "epoch",
                     xlabel: str | None = None, panels=CURVE_PANELS,
-                    loss_columns: tuple[str, ...] = ("loss",), drop_empty: bool = False,
-                    pdf: bool = False) -> list[Path]:
-    """The seed study's per-epoch curves from metrics.csv rows (:func:`runlog.read_metrics`):
-    loss, and train vs val mAP50, mAP, mean IoU and FROC sensitivity at 4 FP/image, against the
-    ``epoch`` column. Rows without a value leave a gap.
-
-    Options for other logs (the defaults draw what ``lesion train frcnn`` logs): ``x`` the
-    column on the x axis (``"step"`` for darknet's per-iteration rows) and ``xlabel`` its label;
-    ``panels`` (title, column suffix or None for the loss panel); ``loss_columns`` the columns of
-    the loss panel (darknet: ``("loss", "avg_loss")``); ``drop_empty`` leaves out metric panels
-    without a single value; ``pdf`` also writes a PDF beside the PNG. Returns the paths written.
-    """
+                    loss_columns: tuple[str, ...] = ("loss",), drop_empty: bool = False):
+    """The figure of :func:`training_curves` (arguments there), not yet saved."""
     plt = _pyplot()
     xs = [r.get(x) for r in rows]
 
@@ -151,14 +158,24 @@ def training_curves(rows: list[dict], path: Path, title: str = "", *, x: str = "
     panels = list(panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
     for ax, (name, key) in zip(axes[0], panels):
+        drawn = False
         for label, values in series_of(key).items():
             pts = [(e, v) for e, v in zip(xs, values) if v is not None and e is not None]
             if pts:
+                drawn = True
                 faint = key is None and label == "loss" and len(loss_columns) > 1
                 ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3,
                         label=label, alpha=0.4 if faint else 1.0,
                         linewidth=0.8 if faint else 1.5)
+        if not drawn:
+            ax.text(0.5, 0.5, EMPTY_NOTES.get(key, EMPTY_PANEL), ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9, color="0.4")
+            known = [e for e in xs if e is not None]
+            if known:   # the x range of the other panels
+                lo, hi = min(known), max(known)
+                ax.set_xlim(lo - 0.5, hi + 0.5) if lo == hi else ax.set_xlim(lo, hi)
         ax.set(title=name, xlabel=xlabel or x)
+        integer_ticks(ax.xaxis)
         if key is not None:
             ax.set_ylim(0, 1.02)
         if ax.get_legend_handles_labels()[0]:
@@ -166,6 +183,27 @@ def training_curves(rows: list[dict], path: Path, title: str = "", *, x: str = "
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, y=1.04)  # above the panel titles
+    return fig
+
+
+def training_curves(rows: list[dict], path: Path, title: str = "", *, x: str = "epoch",
+                    xlabel: str | None = None, panels=CURVE_PANELS,
+                    loss_columns: tuple[str, ...] = ("loss",), drop_empty: bool = False,
+                    pdf: bool = False) -> list[Path]:
+    """The seed study's per-epoch curves from metrics.csv rows (:func:`runlog.read_metrics`):
+    loss, and train vs val mAP50, mAP, mean IoU and FROC sensitivity at 4 FP/image, against the
+    ``epoch`` column, with ticks at whole epochs (or iterations). Rows without a value leave a
+    gap; a panel without any value says why (:data:`EMPTY_NOTES`).
+
+    Options for other logs (the defaults draw what ``lesion train frcnn`` logs): ``x`` the
+    column on the x axis (``"step"`` for darknet's per-iteration rows) and ``xlabel`` its label;
+    ``panels`` (title, column suffix or None for the loss panel); ``loss_columns`` the columns of
+    the loss panel (darknet: ``("loss", "avg_loss")``); ``drop_empty`` leaves out metric panels
+    without a single value; ``pdf`` also writes a PDF beside the PNG. Returns the paths written.
+    """
+    plt = _pyplot()
+    fig = training_figure(rows, title, x=x, xlabel=xlabel, panels=panels,
+                          loss_columns=loss_columns, drop_empty=drop_empty)
     written = _save(fig, path, pdf)
     plt.close(fig)
     return written

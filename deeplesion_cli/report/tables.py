@@ -64,11 +64,62 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def summary_rows(document: dict) -> tuple[list[str], list[list[str]]]:
-    """Header (``metric`` + run names) and rows of formatted cells for the comparison table."""
+def detection_counts(block: dict) -> dict:
+    """A run's detection counts from its metrics.json block: ``total`` (every detection, any
+    score), ``per_image`` (total / images), ``kept`` (at or above the evaluation's score: TP + FP
+    of ``at_score``) and ``empty`` (None, ``"none"``: no detection at all, or ``"none kept"``:
+    none at or above the score)."""
+    total = block.get("n_detections")
+    images = block.get("n_images")
+    at = block.get("at_score") or {}
+    kept = at["tp"] + at["fp"] if at.get("tp") is not None and at.get("fp") is not None \
+        else None
+    empty = "none" if total == 0 else "none kept" if kept == 0 else None
+    return {"total": total, "kept": kept, "empty": empty,
+            "per_image": total / images if total is not None and images else None}
+
+
+def no_detection_words(name: str, block: dict, score: float) -> str | None:
+    """The sentence that flags run ``name`` when it has no detections (at all, or none at or
+    above ``score``); None when it has some."""
+    counts = detection_counts(block)
+    if counts["empty"] == "none":
+        return (f"{name}: no detections (the detection file holds no box on any of the "
+                f"{block.get('n_images')} images; every metric of this run is 0 or undefined)")
+    if counts["empty"] == "none kept":
+        return (f"{name}: no detections at score >= {score:g} ({counts['total']} below it): "
+                "precision, recall and F1 at the score threshold count nothing")
+    return None
+
+
+def _flag(text: str, markup: bool) -> str:
+    return f"[bold red]{text}[/bold red]" if markup else text
+
+
+def _detection_rows(document: dict, markup: bool) -> list[list[str]]:
+    """The comparison table's first rows: detections (all scores), per image, and at the score
+    threshold; a run without any is flagged ("no detections", in red with ``markup``)."""
+    score = document["options"]["score"]
+    rows = [["detections (all scores)"], ["detections per image"],
+            [f"detections @score {score:g}"]]
+    for block in document["runs"].values():
+        c = detection_counts(block)
+        total = _fmt(c["total"])
+        rows[0].append(_flag(f"{total} (no detections)", markup) if c["empty"] == "none"
+                       else total)
+        rows[1].append("–" if c["per_image"] is None else f"{c['per_image']:.2f}")
+        kept = _fmt(c["kept"])
+        rows[2].append(_flag(f"{kept} (none kept)", markup) if c["empty"] else kept)
+    return rows
+
+
+def summary_rows(document: dict, markup: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header (``metric`` + run names) and rows of formatted cells for the comparison table;
+    the first rows count the detections of each run (:func:`detection_counts`). ``markup``:
+    the console's table (rich markup): a run without detections in red."""
     runs = document["runs"]
     header = ["metric"] + list(runs)
-    rows = []
+    rows = _detection_rows(document, markup)
     for label, path, boot in SUMMARY_ROWS:
         cells = [label.replace("@score", f"@score {document['options']['score']:g}")]
         for block in runs.values():
@@ -102,6 +153,10 @@ def summary_markdown(document: dict) -> str:
              f"docs/metrics.md.\n"]
     header, rows = summary_rows(document)
     parts.append(markdown(header, rows))
+    flags = [no_detection_words(name, block, options["score"])
+             for name, block in document["runs"].items()]
+    if any(flags):
+        parts.append("\n".join(f"**{f}**" for f in flags if f) + "\n")
     parts.append("\n## Per class (COCO AP@[.5:.95] / AP50 / VOC all-point AP)\n")
     per_header = ["class"] + list(document["runs"])
     per_rows = []
@@ -270,14 +325,16 @@ def _fp_label(fp: float) -> str:
 
 def backend_table(runs: list[tuple[str, dict, dict]]) -> Table:
     """One row per evaluated run: ``runs`` = (label, run block, its metrics.json document)."""
-    header = (["run", "images", "COCO AP", "AP50", "AP75", "VOC mAP"]
+    header = (["run", "images", "detections", "per image", "kept @score", "COCO AP", "AP50",
+               "AP75", "VOC mAP"]
               + [f"FROC@{_fp_label(f)}" for f in FROC_FPS]
               + ["FROC mean@0.5-4", "score", "precision", "recall", "F1"])
     rows = []
     for label, b, _doc in runs:
         coco, voc, froc, at = b.get("coco", {}), b.get("voc", {}), b.get("froc", {}), \
             b.get("at_score", {})
-        row = [label, b.get("n_images"),
+        n = detection_counts(b)
+        row = [label, b.get("n_images"), n["total"], Cell(n["per_image"], digits=2), n["kept"],
                Cell(coco.get("AP"), _get_ci(b, "coco.AP")),
                Cell(coco.get("AP50"), _get_ci(b, "coco.AP50")),
                coco.get("AP75"),
@@ -288,7 +345,10 @@ def backend_table(runs: list[tuple[str, dict, dict]]) -> Table:
                 Cell(at.get("score"), digits=2), at.get("precision"), at.get("recall"),
                 Cell(at.get("f1"), _get_ci(b, "at_score.f1"))]
         rows.append(row)
-    note = ("COCO AP = AP@[.5:.95] (pycocotools); VOC mAP = all-point at the evaluation's IoU; "
+    note = ("detections: every detection of the run (any score), per image: their mean per "
+            "image, kept @score: those at or above the `score` column (0: no detections, said "
+            "in words above the table). "
+            "COCO AP = AP@[.5:.95] (pycocotools); VOC mAP = all-point at the evaluation's IoU; "
             "FROC = sensitivity at FP/image (official DeepLesion protocol); precision, recall, "
             "F1 at score >= the `score` column (–: undefined, e.g. precision when no detection is kept). Brackets: patient-level bootstrap 95% interval "
             "(`lesion eval --bootstrap`). Definitions: docs/metrics.md.")

@@ -91,13 +91,14 @@ class ReportWriter:
     def table_links(t: Table) -> str:
         return " · ".join(f"[{kind}](tables/{t.name}.{ext})" for kind, ext in TABLE_FORMATS)
 
-    def add_table(self, section: str, t: Table) -> None:
-        """Write ``tables/<name>.md .tex .csv`` and show the table in index.md."""
+    def add_table(self, section: str, t: Table, heading: str | None = "###") -> None:
+        """Write ``tables/<name>.md .tex .csv`` and show the table in index.md, under a
+        ``heading`` of its title (None: the section's heading is the table's)."""
         self.text(f"tables/{t.name}.md", tables.table_markdown(t, heading="#"))
         self.text(f"tables/{t.name}.tex", latex.table_latex(t))
         self.text(f"tables/{t.name}.csv", tables.table_csv(t))
         self.tables.append((section, t))
-        self.md.append(tables.table_markdown(t, heading="###"))
+        self.md.append(tables.table_markdown(t, heading=heading))
         self.md.append(f"Table files: {self.table_links(t)}\n")
 
     def image_md(self, p: Path | None, alt: str) -> str:

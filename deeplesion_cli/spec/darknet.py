@@ -50,6 +50,20 @@ TRAIN_YOLO = Spec("train yolo", [
            help="Train from --weights with darknet's images-seen count restarted at 0 "
                 "(darknet -clear), e.g. from a finished run's weights, which would otherwise "
                 "train 0 iterations."),
+    Option("map_epochs", "int", None, low=1, metavar="N",
+           help="With --map: compute the mAP every N epochs (darknet -mAP_epochs; AlexeyAB "
+                "only, default 4; hank-ai computes it every epoch)."),
+    Option("iou_thresh", "float", None, low=0, high=1, low_open=True, high_open=True,
+           metavar="X",
+           help="With --map: the IoU threshold of that mAP (darknet -iou_thresh; AlexeyAB/"
+                "hank-ai, default 0.5; 0.75 goes to val_mAP75 in metrics.csv)."),
+    Option("chart", "str", None, metavar="PNG", compared=False,
+           help="Where AlexeyAB/hank-ai draw their loss chart (darknet -chart; builds with "
+                "OpenCV only). It restarts on --resume; lesion's curves.png covers the whole "
+                "run."),
+    Option("test", "bool", False, compared=False,
+           help="After training, predict the test split from the _best (else _final) weights "
+                "into RUN/detections/ and score it into RUN/test/ (as `lesion eval --run`)."),
 ])
 
 PREDICT_YOLO = Spec("predict yolo", [
@@ -57,6 +71,10 @@ PREDICT_YOLO = Spec("predict yolo", [
     Option("thresh", "float", 0.005, low=0,
            help="Score floor (low, so that AP sees the whole curve)."),
     _DARKNET,
+    Option("draw", "int", None, low=0, compared=False, metavar="N",
+           help="Also draw N images of the split (spread over it) with the predictions at "
+                "score >= 0.25 (orange: matching a lesion at IoU 0.5, red: not) and the ground "
+                "truth (green), as PNGs in OUT_draw/ beside the -o file."),
 ])
 
 #: a matrix ``yolo`` experiment's options: name -> the spec that declares it

@@ -18,6 +18,9 @@ EVAL = Spec("eval", [
     Option("bootstrap", "int", 0, low=0,
            help="Patient-level resamples for 95% intervals (and the paired difference)."),
     Option("seed", "int", 0, help="Bootstrap seed."),
+    Option("workers", "int", None, low=1, compared=False, metavar="N",
+           help="Processes for the bootstrap (default: all cores this process may use); the "
+                "intervals do not depend on it."),
 ])
 
 REPORT = Spec("report", [

@@ -131,6 +131,9 @@ TRAIN_FRCNN = Spec("train frcnn", [
            help="Validation metric that picks best.pt."),
     Option("eval_train_images", "int", 200, low=0,
            help="Size of the fixed training sample evaluated each epoch (0: none)."),
+    Option("test", "bool", False, resumable=True, compared=False,
+           help="After training, predict the test split from best.pt (else last.pt) into "
+                "RUN/detections/ and score it into RUN/test/ (as `lesion eval --run`)."),
     Option("eval_batch_size", "int", None, low=1, cli=False, resumable=True),
     Option("score_thresh", "float", 0.001, low=0, high=1, cli=False),
     Option("detections_per_img", "int", 100, low=1, cli=False),
@@ -178,4 +181,8 @@ PREDICT_FRCNN = Spec("predict frcnn", [
            help="float16 inference on CUDA (faster; box coordinates come out rounded to "
                 "0.25-0.5 px at 512 px). Ignored on CPU."),
     Option("workers", "int", 2, low=0),
+    Option("draw", "int", None, low=0, compared=False, metavar="N",
+           help="Also draw N images of the split (spread over it) with the predictions at "
+                "score >= 0.25 (orange: matching a lesion at IoU 0.5, red: not) and the ground "
+                "truth (green), as PNGs in OUT_draw/ beside the -o file."),
 ])
