@@ -90,3 +90,28 @@ def make_dets(rows):
     im, cat, box, score = zip(*rows)
     return Detections("<test>", np.asarray(im, np.int64), np.asarray(cat, np.int64),
                       np.asarray(box, np.float64).reshape(-1, 4), np.asarray(score, np.float64))
+
+
+def darknet_safe_tmp(tmp_path_factory, name: str) -> Path:
+    """A temporary folder darknet can use: pjreddie's darknet derives label paths by replacing
+    "images", "raw" and "JPEGImages" in image paths and splits on whitespace, so a folder whose
+    path holds either is skipped with the reason."""
+    import re
+
+    root = tmp_path_factory.mktemp(name)
+    words = [w for w in ("images", "raw", "JPEGImages") if w in str(root)]
+    if words or re.search(r"\s", str(root)):
+        pytest.skip(f"the temporary folder {root} contains {words or 'whitespace'}, which "
+                    "darknet cannot use")
+    return root
+
+
+def small_universal_prepared(base: Path) -> Path:
+    """``base/prep``: 4 synthetic patients at 128 px, universal task, official split."""
+    from deeplesion_cli.deeplesion.synth import synthesize
+    from deeplesion_cli.prepare import PrepareOptions, prepare
+
+    synthesize(base / "dl", patients=4, size_px=128, workers=2, show_progress=False)
+    prepare(base / "dl", base / "prep", PrepareOptions(task="universal", split="official"),
+            workers=2, show_progress=False)
+    return base / "prep"

@@ -12,7 +12,6 @@ as tests/test_darknet_runner.py does for fork detection.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import stat
 from pathlib import Path
@@ -28,6 +27,7 @@ from deeplesion_cli.darknet import train as dtrain
 from deeplesion_cli.darknet.errors import DarknetOptionError
 from tests.test_darknet_runner import tiny_cfg
 from tests.test_faults_darknet import fast_cfg
+from tests.conftest import darknet_safe_tmp, small_universal_prepared
 
 needs_darknet = pytest.mark.darknet
 
@@ -38,23 +38,12 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("darknet_habits")
-    words = [w for w in ("images", "raw", "JPEGImages") if w in str(root)]
-    if words or re.search(r"\s", str(root)):
-        pytest.skip(f"the temporary folder {root} contains {words or 'whitespace'}, which "
-                    "darknet cannot use")
-    return root
+    return darknet_safe_tmp(tmp_path_factory, "darknet_habits")
 
 
 @pytest.fixture(scope="module")
 def prepared(base):
-    from deeplesion_cli.deeplesion.synth import synthesize
-    from deeplesion_cli.prepare import PrepareOptions, prepare
-
-    synthesize(base / "dl", patients=4, size_px=128, workers=2, show_progress=False)
-    prepare(base / "dl", base / "prep", PrepareOptions(task="universal", split="official"),
-            workers=2, show_progress=False)
-    return base / "prep"
+    return small_universal_prepared(base)
 
 
 # ----------------------------------------------------------------------- anchors rescaled

@@ -30,6 +30,7 @@ from deeplesion_cli.darknet import process as dprocess
 from deeplesion_cli.darknet import train as dtrain
 from deeplesion_cli.darknet.errors import (DarknetError, DarknetInputError, DarknetNotFound,
                                            DarknetRunError)
+from tests.conftest import darknet_safe_tmp, small_universal_prepared
 
 STOCK_CFG = Path("/usr/share/darknet/cfg/yolov3-tiny.cfg")
 HAVE_DARKNET = shutil.which("darknet") is not None and STOCK_CFG.is_file()
@@ -354,23 +355,12 @@ def tiny_cfg(path: Path, max_batches: int = MAX_BATCHES, filters: int = 18,
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("darknet")
-    words = [w for w in ("images", "raw", "JPEGImages") if w in str(root)]
-    if words or re.search(r"\s", str(root)):
-        pytest.skip(f"the temporary folder {root} contains {words or 'whitespace'}, which "
-                    "darknet cannot use")
-    return root
+    return darknet_safe_tmp(tmp_path_factory, "darknet")
 
 
 @pytest.fixture(scope="module")
 def prepared(base):
-    from deeplesion_cli.deeplesion.synth import synthesize
-    from deeplesion_cli.prepare import PrepareOptions, prepare
-
-    synthesize(base / "dl", patients=4, size_px=128, workers=2, show_progress=False)
-    prepare(base / "dl", base / "prep", PrepareOptions(task="universal", split="official"),
-            workers=2, show_progress=False)
-    return base / "prep"
+    return small_universal_prepared(base)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from deeplesion_cli.darknet.cfg import parse_cfg
 from deeplesion_cli.darknet.process import RunOutcome
 from deeplesion_cli.darknet.train import judge_training
 from tests.test_darknet_runner import tiny_cfg
+from tests.conftest import darknet_safe_tmp, small_universal_prepared
 
 needs_darknet = pytest.mark.darknet
 REPO = Path(__file__).resolve().parents[1]
@@ -97,23 +98,12 @@ def wait_for_iteration(log: Path, iteration: int, proc: subprocess.Popen,
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults_darknet")
-    words = [w for w in ("images", "raw", "JPEGImages") if w in str(root)]
-    if words or re.search(r"\s", str(root)):
-        pytest.skip(f"the temporary folder {root} contains {words or 'whitespace'}, which "
-                    "darknet cannot use")
-    return root
+    return darknet_safe_tmp(tmp_path_factory, "faults_darknet")
 
 
 @pytest.fixture(scope="module")
 def prepared(base):
-    from deeplesion_cli.deeplesion.synth import synthesize
-    from deeplesion_cli.prepare import PrepareOptions, prepare
-
-    synthesize(base / "dl", patients=4, size_px=128, workers=2, show_progress=False)
-    prepare(base / "dl", base / "prep", PrepareOptions(task="universal", split="official"),
-            workers=2, show_progress=False)
-    return base / "prep"
+    return small_universal_prepared(base)
 
 
 # ------------------------------------------------------------------ 4. a moved prepared folder

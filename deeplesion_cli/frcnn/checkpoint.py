@@ -27,6 +27,10 @@ counters that say which epoch it is; with Adam about a third of ``last.pt`` (doc
 Resuming from such a file is refused (:func:`load_for_resume`). Files written before ``kind``
 existed count as ``"training"`` when they hold an ``optimizer``.
 
+``epochs/epoch_0010.pt`` (``--save-every N``: every N-th epoch and the last one) is a
+``best.pt`` of that epoch: :func:`weights_only` of its state, the same size as ``best.pt``
+(:func:`epoch_path`, :func:`epoch_of_name`, :func:`save_epoch_due`).
+
 Saving is atomic and durable (:func:`deeplesion_cli.atomic.write_durable`: temporary file, fsync,
 rename): a failed save (disk full, read-only file system) leaves the previous file whole and
 raises :class:`CheckpointSaveError` naming the file and the errno.
@@ -35,6 +39,7 @@ raises :class:`CheckpointSaveError` naming the file and the errno.
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +51,29 @@ from deeplesion_cli.errors import LesionInputError, LesionRunError
 FORMAT = 1
 #: the entries that only resuming needs: ``best.pt`` leaves them out (:func:`weights_only`)
 TRAINING_ONLY = ("optimizer", "scaler", "sampler", "rng")
+#: the folder of a run that holds the ``--save-every`` epoch checkpoints
+EPOCHS_DIR = "epochs"
+_EPOCH_NAME = re.compile(r"epoch_(\d+)\.pt")
+
+
+def epoch_path(run_dir: Path, epoch: int) -> Path:
+    """``<run>/epochs/epoch_0010.pt``: the kept weights of epoch ``epoch`` (1-based; four
+    digits at least, so that the names sort in epoch order up to epoch 9999)."""
+    return Path(run_dir) / EPOCHS_DIR / f"epoch_{epoch:04d}.pt"
+
+
+def epoch_of_name(name: str) -> int | None:
+    """The epoch a file name of :func:`epoch_path` carries (``epoch_0010.pt`` -> 10), or None
+    for another name."""
+    match = _EPOCH_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def save_epoch_due(epoch: int, epochs: int, save_every: int | None) -> bool:
+    """Whether epoch ``epoch`` (1-based) of a run of ``epochs`` keeps its weights under
+    ``--save-every save_every``: every ``save_every``-th epoch and the last one; never without
+    ``--save-every``."""
+    return bool(save_every) and (epoch % save_every == 0 or epoch == epochs)
 
 
 class CheckpointError(LesionInputError):
@@ -141,26 +169,27 @@ def load_for_resume(path: Path) -> dict:
 def load_for_predict(path: Path) -> dict:
     """:func:`load` without :data:`TRAINING_ONLY` (``best.pt`` or ``last.pt`` alike), read
     through a memory map so that a ``last.pt``'s optimiser state is never read from disk."""
+    state = _load_mapped(path)
+    return {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+
+
+def _load_mapped(path) -> dict:
+    """The checkpoint through a memory map (tensors are read only when used); an old or odd
+    file is read whole by :func:`load`, which names what is wrong with it."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # an old or odd file: read it whole (CheckpointError naming it)
-        state = load(path)
+        return load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model_args" not in state:
-        state = load(path)
-    return {k: v for k, v in state.items() if k not in TRAINING_ONLY}
+        return load(path)
+    return state
 
 
 def peek(path: Path) -> dict:
     """The small fields of a checkpoint (``epoch``, ``best``, ``prepared_config_hash``...; no
     weights), read through a memory map so that the tensors are not read."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an old or odd file: read it whole (CheckpointError naming it)
-        state = load(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model_args" not in state:
-        state = load(path)
+    state = _load_mapped(path)
     peeked = {k: v for k, v in state.items() if k != "model" and k not in TRAINING_ONLY}
     if "kind" not in peeked:  # a file older than ``kind``: say which it is
         peeked["kind"] = "training" if "optimizer" in state else "weights"
