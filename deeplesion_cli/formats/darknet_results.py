@@ -322,12 +322,16 @@ def _parse_valid_file(file: Path, gt: GroundTruth, image_ids: dict[str, int],
     image = np.fromiter((lookup[k] for k in ids), np.int64, n)
     # darknet clips x1, y1 to >= 1 and x2, y2 to <= the image size separately (docs/darknet.md
     # 7), so a box wholly beyond the right or bottom edge comes out as e.g. "129 1 128 1" on a
-    # 128-px image. Such a box becomes a zero-width box on the edge: still a detection (a false
-    # positive), as in darknet's own evaluation. Any other reversed box is an error.
+    # 128-px image, and one wholly beyond the left or top edge as "1 1 -31 128" (letterboxed
+    # non-square networks put boxes there). Such a box becomes a zero-width box on the edge:
+    # still a detection (a false positive), as in darknet's own evaluation. Any other reversed
+    # box is an error.
     size = gt.image_sizes[image]
     for lo, hi, extent in ((1, 3, size[:, 0]), (2, 4, size[:, 1])):
         edge = (values[:, hi] < values[:, lo]) & (extent > 0) & (values[:, hi] >= extent)
         values[edge, lo] = values[edge, hi]
+        edge = (values[:, hi] < values[:, lo]) & (values[:, lo] == 1) & (values[:, hi] < 1)
+        values[edge, hi] = values[edge, lo]
     reversed_ = (values[:, 3] < values[:, 1]) | (values[:, 4] < values[:, 2])
     if reversed_.any():
         bad = first_true(reversed_)

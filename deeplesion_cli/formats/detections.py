@@ -24,9 +24,15 @@ Formats (:data:`FORMATS`):
     (docs/darknet.md 7), lines ``<image id> <score> <x1> <y1> <x2> <y2>``: corners in **1-based**
     pixels of the original image (darknet adds 1), the image id being the image's basename up to
     its first ``.``.
+``ultralytics``
+    Ultralytics YOLO's ``predictions.json`` (``yolo detect val ... save_json=True``): COCO
+    results whose ``image_id`` is the image file's stem (a string, or a number for a numeric
+    stem), with ``file_name`` (8.3+) and ``category_id`` = class index + 0 or 1 (the base is
+    detected from the file or given); ``bbox`` ``[x, y, w, h]`` in 0-based pixels.
 
 This module reads ``coco`` and dispatches; the two darknet readers are in
-:mod:`deeplesion_cli.formats.darknet_results`.
+:mod:`deeplesion_cli.formats.darknet_results`, the Ultralytics one in
+:mod:`deeplesion_cli.formats.ultralytics`.
 
 Bad input raises :class:`~deeplesion_cli.formats.groundtruth.EvalInputError` naming the file, the
 entry (``result.json[12]``, ``result.json[3].objects[1]``) or line (``comp4_det_test_liver.txt:7``)
@@ -37,7 +43,6 @@ detectors emit logits, so scores outside [0, 1] are kept.
 from __future__ import annotations
 
 import json
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +51,13 @@ from deeplesion_cli import atomic
 from deeplesion_cli.formats.darknet_results import (DARKNET_JSON_HINT, VALID_PREFIX, VALID_SUFFIX,
                                                     is_valid_path, read_darknet_json,
                                                     read_darknet_valid)
-from deeplesion_cli.formats.detection_checks import (INT_TYPES, NUMBER_TYPES, first_bad_type,
-                                                     first_true, read_text, value_kind)
+from deeplesion_cli.formats.detection_checks import (INT_TYPES, check_xywh_finite, finite_scores,
+                                                     first_bad_type, first_true, read_text,
+                                                     result_columns, value_kind, xywh_boxes)
 from deeplesion_cli.formats.groundtruth import Detections, EvalInputError, GroundTruth
+from deeplesion_cli.formats.ultralytics import looks_like_ultralytics, read_ultralytics
 
-FORMATS = ("coco", "darknet-json", "darknet-valid")
+FORMATS = ("coco", "darknet-json", "darknet-valid", "ultralytics")
 
 
 # --------------------------------------------------------------------------------------------- API
@@ -60,7 +67,8 @@ def detect_format(path) -> str:
 
     A directory, or a file named ``comp4_det_test_*.txt``: ``darknet-valid``. A json list whose
     first element has ``"objects"``: ``darknet-json``. A json list (possibly empty) whose first
-    element has ``"image_id"``: ``coco``. Anything else raises :class:`EvalInputError`.
+    element has ``"image_id"``: ``ultralytics`` when that ``image_id`` is a string or the element
+    has ``"file_name"``, else ``coco``. Anything else raises :class:`EvalInputError`.
     """
     path = Path(path)
     if is_valid_path(path):
@@ -69,13 +77,16 @@ def detect_format(path) -> str:
 
 
 def read_detections(path, gt: GroundTruth, fmt: str | None = None,
-                    names: list[str] | None = None) -> Detections:
+                    names: list[str] | None = None, class_base: int | None = None) -> Detections:
     """Read a detection file (or ``detector valid`` directory) against the ground truth ``gt``.
 
     ``fmt`` is one of :data:`FORMATS`, or None to detect it. ``names`` (obj.names, class index
     order, see :func:`read_names`) maps darknet-json ``class_id``s to class names; without it the
     objects' ``name`` field is used. Class names must equal a ground-truth category name.
     (darknet-valid files carry the class name in their file name and do not need ``names``.)
+    ``ultralytics``: class index ``category_id - class_base`` is ``names[index]`` (without
+    ``names``, the ground truth's index-th category); ``class_base`` (0 or 1) None detects it,
+    and the detections' ``reading`` says which base was used and why.
 
     Returns boxes ``[x, y, w, h]`` in 0-based continuous pixels of the ground-truth image.
     """
@@ -92,6 +103,8 @@ def read_detections(path, gt: GroundTruth, fmt: str | None = None,
         return _read_coco(document, path, gt)
     if fmt == "darknet-json":
         return read_darknet_json(document, path, gt, names)
+    if fmt == "ultralytics":
+        return read_ultralytics(document, path, gt, names, class_base)
     raise EvalInputError(f"{path}: format {fmt!r} is not a json format")  # pragma: no cover
 
 
@@ -180,11 +193,11 @@ def _format_of_document(document, path: Path) -> str:
             if "objects" in first:
                 return "darknet-json"
             if "image_id" in first:
-                return "coco"
+                return "ultralytics" if looks_like_ultralytics(first) else "coco"
             raise EvalInputError(
                 f"{path}: unknown detection format: a JSON list whose first element has keys "
-                f"{sorted(first)[:8]} (expected 'image_id' for COCO results or 'objects' for "
-                "darknet's -out JSON)")
+                f"{sorted(first)[:8]} (expected 'image_id' for COCO results or Ultralytics' "
+                "predictions.json, or 'objects' for darknet's -out JSON)")
         raise EvalInputError(f"{path}: unknown detection format: a JSON list whose first element "
                              f"is {value_kind(first)}, not an object")
     if isinstance(document, dict):
@@ -210,55 +223,26 @@ def _as_int64(values: list, where) -> np.ndarray:
 def _read_coco(document, path: Path, gt: GroundTruth) -> Detections:
     """COCO results: ``bbox`` ``[x, y, w, h]`` 0-based pixels, kept as is."""
     source = str(path)
-    if not isinstance(document, list):
-        raise EvalInputError(f"{path}: COCO results must be a JSON list, found "
-                             f"{value_kind(document)}")
-    n = len(document)
-    if n == 0:
+    image_ids, category_ids, bboxes, scores = result_columns(document, path)
+    if not image_ids:
         return Detections.empty(source)
 
     def where(i: int) -> str:
         return f"{path}[{i}]"
 
-    keys = ("image_id", "category_id", "bbox", "score")
-    try:
-        image_ids = [d["image_id"] for d in document]
-        category_ids = [d["category_id"] for d in document]
-        bboxes = [d["bbox"] for d in document]
-        scores = [d["score"] for d in document]
-    except (KeyError, TypeError):
-        for i, d in enumerate(document):
-            if not isinstance(d, dict):
-                raise EvalInputError(f"{where(i)}: {value_kind(d)}, not a detection "
-                                     "object") from None
-            for key in keys:
-                if key not in d:
-                    raise EvalInputError(f"{where(i)}: no {key!r}") from None
-        raise  # pragma: no cover
-
     for name, values in (("image_id", image_ids), ("category_id", category_ids)):
         bad = first_bad_type(values, INT_TYPES)
         if bad is not None:
-            raise EvalInputError(f"{where(bad)}: {name} is {values[bad]!r}, not an integer")
-    bad = first_bad_type(bboxes, frozenset({list}))
-    if bad is not None:
-        raise EvalInputError(f"{where(bad)}: bbox is {bboxes[bad]!r}, not a list [x, y, w, h]")
-    lengths = np.fromiter(map(len, bboxes), np.int64, n)
-    if (lengths != 4).any():
-        bad = first_true(lengths != 4)
-        raise EvalInputError(f"{where(bad)}: bbox has {lengths[bad]} values, not 4 [x, y, w, h]")
-    flat = list(chain.from_iterable(bboxes))
-    bad = first_bad_type(flat, NUMBER_TYPES)
-    if bad is not None:
-        raise EvalInputError(f"{where(bad // 4)}: bbox value {flat[bad]!r} is not a number")
-    bad = first_bad_type(scores, NUMBER_TYPES)
-    if bad is not None:
-        raise EvalInputError(f"{where(bad)}: score is {scores[bad]!r}, not a number")
-
+            hint = ""
+            if name == "image_id" and isinstance(values[bad], str):
+                hint = (" (an image name as image_id is what Ultralytics' predictions.json "
+                        "holds: read it with --pred-format ultralytics, or auto)")
+            raise EvalInputError(f"{where(bad)}: {name} is {values[bad]!r}, not an "
+                                 f"integer{hint}")
+    box = xywh_boxes(bboxes, where)
+    score = finite_scores(scores, where)
     ids = _as_int64(image_ids, where)
     cats = _as_int64(category_ids, where)
-    box = np.asarray(flat, dtype=np.float64).reshape(n, 4)
-    score = np.asarray(scores, dtype=np.float64)
 
     image = np.searchsorted(gt.image_ids, ids)
     known = image < len(gt.image_ids)
@@ -272,18 +256,5 @@ def _read_coco(document, path: Path, gt: GroundTruth) -> Detections:
         bad = first_true(~known_cat)
         raise EvalInputError(f"{where(bad)}: category_id {category_ids[bad]} is not a category of "
                              f"the ground truth (ids {gt.category_ids})")
-    finite = np.isfinite(box).all(axis=1)
-    if not finite.all():
-        bad = first_true(~finite)
-        raise EvalInputError(f"{where(bad)}: bbox {bboxes[bad]} is not finite")
-    negative = (box[:, 2] < 0) | (box[:, 3] < 0)
-    if negative.any():
-        bad = first_true(negative)
-        raise EvalInputError(f"{where(bad)}: bbox {bboxes[bad]} has a negative width or height "
-                             "(expected [x, y, w, h], not corners)")
-    finite = np.isfinite(score)
-    if not finite.all():
-        bad = first_true(~finite)
-        raise EvalInputError(f"{where(bad)}: score is {scores[bad]!r}")
+    check_xywh_finite(box, bboxes, where)
     return Detections(source, image.astype(np.int64), cats, box, score)
-

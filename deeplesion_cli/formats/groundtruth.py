@@ -81,13 +81,16 @@ class GroundTruth:
 @dataclass
 class Detections:
     """Detections as arrays (n_det,): ``image`` index into the ground truth's images,
-    ``category`` id, ``box_xywh`` (n_det, 4) px, ``score``. File order is kept."""
+    ``category`` id, ``box_xywh`` (n_det, 4) px, ``score``. File order is kept. ``reading``:
+    how the reader interpreted the file, where it had to choose (e.g. Ultralytics' class-id base,
+    :mod:`deeplesion_cli.formats.ultralytics`); stored in the run's metrics.json block."""
 
     source: str
     image: np.ndarray
     category: np.ndarray
     box_xywh: np.ndarray
     score: np.ndarray
+    reading: dict = field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.score)

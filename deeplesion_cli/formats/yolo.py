@@ -1,5 +1,5 @@
 """darknet / YOLO files: label ``.txt`` beside each image, list files, obj.data, obj.names, and
-Ultralytics' data.yaml.
+Ultralytics' data.yaml (valid whatever the split sizes, :func:`ultralytics_splits`).
 
 Label lines are ``<class> <cx> <cy> <w> <h>``: a 0-based class index and the box centre and size
 relative to the image width and height (docs/darknet.md 3.2). An image without lesions gets an
@@ -9,6 +9,7 @@ empty label file (a negative image).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 #: Substrings that pjreddie's darknet rewrites to find label files (``find_replace`` on the whole
@@ -66,26 +67,81 @@ def list_text(image_paths: list[Path]) -> str:
     return "".join(f"{p}\n" for p in image_paths)
 
 
-def ultralytics_yaml_text(root: Path, names: list[str]) -> str:
-    """data.yaml for Ultralytics: list files relative to ``path``; labels sit beside the images
-    (Ultralytics replaces ``/images/`` by ``/labels/`` and our paths have no such folder)."""
-    lines = [f"path: {json.dumps(str(root))}", "train: train.txt", "val: valid.txt",
-             "test: test.txt", f"nc: {len(names)}", "names:"]
+#: The list file of each split, as data.yaml names it (relative to its ``path``).
+ULTRALYTICS_LISTS = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
+
+
+def ultralytics_splits(n_images: Mapping[str, int]) -> tuple[dict[str, str], dict[str, str]]:
+    """data.yaml's ``train``/``val``/``test`` entries for splits of ``n_images`` images each, and
+    for each empty split the consequence for Ultralytics (split -> sentence).
+
+    Ultralytics requires ``train`` and ``val`` keys and stops with "No images found" when a list
+    it loads is empty: ``val`` while training, ``train`` when training starts. So ``train``
+    always names train.txt (an empty one: the folder can be scored, not trained on); an empty
+    val split points ``val`` at train.txt (or, with no training images either, test.txt); an
+    empty test split is left out (``test`` is optional).
+    """
+    n = {split: int(n_images.get(split, 0)) for split in ULTRALYTICS_LISTS}
+    entries = {"train": ULTRALYTICS_LISTS["train"]}
+    notes: dict[str, str] = {}
+    if not n["train"]:
+        notes["train"] = ("data.yaml keeps `train: train.txt`, so `yolo train` on this folder "
+                          "stops with 'No images found'; `yolo val` still works")
+    if n["val"]:
+        entries["val"] = ULTRALYTICS_LISTS["val"]
+    elif n["train"]:
+        entries["val"] = ULTRALYTICS_LISTS["train"]
+        notes["val"] = ("data.yaml points Ultralytics' `val:` at train.txt (Ultralytics needs "
+                        "images to validate on), so the validation of `yolo train` scores the "
+                        "training images: its val mAP is optimistic and best.pt is chosen on "
+                        "training data; score held-out images with `lesion eval`")
+    else:
+        entries["val"] = ULTRALYTICS_LISTS["test"] if n["test"] else ULTRALYTICS_LISTS["val"]
+        notes["val"] = ("data.yaml points Ultralytics' `val:` at test.txt, so `yolo val` scores "
+                        "the test split" if n["test"] else
+                        "Ultralytics cannot use this folder (no images to train or validate on)")
+    if n["test"]:
+        entries["test"] = ULTRALYTICS_LISTS["test"]
+    else:
+        notes["test"] = ("data.yaml has no `test:` entry (Ultralytics' `split=test` is not "
+                         "available)")
+    return entries, notes
+
+
+def ultralytics_yaml_text(root: Path, names: list[str],
+                          n_images: Mapping[str, int] | None = None) -> str:
+    """data.yaml for Ultralytics: ``path`` (absolute), list files relative to it, ``nc`` and
+    ``names`` (class index: name, obj.names order). ``n_images`` (split -> image count, default:
+    every split has images) chooses the list entries (:func:`ultralytics_splits`). Labels sit
+    beside the images: Ultralytics replaces the last ``/images/`` of an image path by
+    ``/labels/`` to find its label, and a prepared image path has none unless the folder's
+    path does (:func:`darknet_path_warnings` warns then)."""
+    entries, _ = ultralytics_splits(n_images if n_images is not None
+                                    else dict.fromkeys(ULTRALYTICS_LISTS, 1))
+    lines = [f"path: {json.dumps(str(root))}"]
+    lines += [f"{key}: {value}" for key, value in entries.items()]
+    lines += [f"nc: {len(names)}", "names:"]
     lines += [f"  {i}: {json.dumps(n)}" for i, n in enumerate(names)]
     return "\n".join(lines) + "\n"
 
 
 def darknet_path_warnings(path: Path) -> list[str]:
-    """Why darknet could mishandle image paths under ``path`` (empty list: none)."""
+    """Why darknet (or Ultralytics, for an ``images`` folder) could mishandle image paths under
+    ``path`` (empty list: none)."""
     text = str(path)
     warnings = []
     for word in DARKNET_REWRITTEN_WORDS:
         if word in text:
+            also = ""
+            if word == "images" and "images" in Path(text).parts:
+                also = (" Ultralytics, too, replaces the last '/images/' folder of an image path "
+                        "by '/labels/' to find its label, so it will find none and train on "
+                        "every image as a background, with warnings only;")
             warnings.append(
                 f"the absolute output path {text} contains {word!r}: pjreddie's darknet replaces it "
                 f"in every image path to find the label file, so it will look for labels in the "
-                f"wrong place; choose an output folder whose path has no 'images', 'JPEGImages' "
-                f"or 'raw'")
+                f"wrong place;{also} choose an output folder whose path has no 'images', "
+                f"'JPEGImages' or 'raw'")
     if '"' in text or "\\" in text:
         warnings.append(f"the output path {text} contains a quote or backslash, which darknet "
                         "writes unescaped into its JSON output")

@@ -55,7 +55,8 @@ def remove_unplanned(out_dir: Path, planned: list[PlannedImage]) -> None:
 
 def location_files(out_dir: Path, planned: list[PlannedImage], class_names) -> dict[Path, str]:
     """The files that hold ``out_dir``'s absolute location, path -> text: the darknet lists of
-    every split (absolute image paths), obj.data and data.yaml."""
+    every split (absolute image paths), obj.data and data.yaml (whose list entries depend on
+    which splits have images, :func:`deeplesion_cli.formats.yolo.ultralytics_splits`)."""
     prepared = Prepared(out_dir)
     files = {prepared.list_path(split): yolo.list_text(
         [Path(im.job.image_path) for im in planned if im.split == split])
@@ -63,7 +64,8 @@ def location_files(out_dir: Path, planned: list[PlannedImage], class_names) -> d
     files[prepared.data_path] = yolo.obj_data_text(
         len(class_names), prepared.list_path("train"), prepared.list_path("val"),
         prepared.names_path, prepared.backup_dir)
-    files[prepared.yaml_path] = yolo.ultralytics_yaml_text(out_dir, class_names)
+    n_images = {split: sum(im.split == split for im in planned) for split in splits.SPLITS}
+    files[prepared.yaml_path] = yolo.ultralytics_yaml_text(out_dir, class_names, n_images)
     return files
 
 

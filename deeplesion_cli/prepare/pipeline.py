@@ -210,9 +210,11 @@ def prepare(deeplesion_dir: Path, out_dir: Path, options: PrepareOptions | None 
         planned.append(image)
 
     warnings = yolo.darknet_path_warnings(out_dir)
+    n_images = {split: sum(im.split == split for im in planned) for split in splits.SPLITS}
+    _, yaml_notes = yolo.ultralytics_splits(n_images)
     for split in splits.SPLITS:
-        if not any(im.split == split for im in planned):
-            warnings.append(f"the {split} split has no images")
+        if not n_images[split]:
+            warnings.append(f"the {split} split has no images; {yaml_notes[split]}")
     if options.task == "typed" and options.resolved_split() == "official":
         warnings.append("--task typed with --split official: every official training row is "
                         "unlabelled (type -1), so the train split is empty")
