@@ -12,6 +12,10 @@ the predicting):
   ``backup/<cfg base>_best.weights`` (AlexeyAB/hank-ai with ``--map``), else
   ``backup/<cfg base>_final.weights`` (else, for a run that did not finish, its resume weights
   ``_last.weights`` / ``.backup``). A fallback is said in :attr:`RunCheckpoint.note`;
+* :func:`list_checkpoints`: every progress point of a run for ``--checkpoint every`` (mAP over
+  training, :mod:`deeplesion_cli.curves`): Faster R-CNN ``epochs/epoch_0010.pt`` of
+  ``--save-every``, darknet ``backup/<cfg base>_<iteration>.weights`` and ``_final.weights``,
+  each with its ``unit`` (epoch, iteration) and ``step``, in training order;
 * :func:`cache_path`: ``<run>/detections/<split>-<checkpoint file>-<key>.json``, COCO results
   json. ``key`` is a short hash of what the detections depend on: the checkpoint file's size and
   modification time, the prepared folder (path and ``config_hash``), the split, the prediction
@@ -37,12 +41,14 @@ from typing import Mapping
 
 from deeplesion_cli.errors import LesionInputError
 
-#: ``--checkpoint`` choices
+#: ``--checkpoint`` choices of one checkpoint per run
 CHECKPOINTS = ("best", "last")
+#: ``--checkpoint every``: each of the run's progress points (:func:`list_checkpoints`)
+EVERY = "every"
 #: the cache folder inside a run folder
 CACHE_DIR = "detections"
 #: prediction options that change the detections (the rest, such as device and workers, do not)
-_KEY_OPTIONS = ("score_thresh", "max_dets", "nms_iou", "amp", "thresh")
+_KEY_OPTIONS = ("score_thresh", "max_dets", "nms_iou", "amp", "thresh", "predict_size")
 
 
 class RunFolderError(LesionInputError):
@@ -51,7 +57,9 @@ class RunFolderError(LesionInputError):
 
 @dataclass(frozen=True)
 class RunCheckpoint:
-    """The checkpoint of a run folder that ``--checkpoint`` chose."""
+    """The checkpoint of a run folder that ``--checkpoint`` chose (``which`` best or last), or
+    one of the run's progress points (:func:`list_checkpoints`: ``which`` ``"every"``, with its
+    ``unit`` and ``step``)."""
 
     run_dir: Path
     backend: str                    # "frcnn" or "darknet"
@@ -61,6 +69,8 @@ class RunCheckpoint:
     note: str | None = None         # why another file than asked was used
     cfg: Path | None = None         # darknet: the run's cfg
     darknet: str | None = None      # darknet: the binary the run trained with
+    unit: str | None = None         # list_checkpoints: "epoch" or "iteration"
+    step: int | None = None         # list_checkpoints: the epoch or iteration the file holds
 
 
 def read_args(run_dir) -> dict:
@@ -164,6 +174,117 @@ def pick_checkpoint(run_dir, which: str = "best") -> RunCheckpoint:
     if run_backend(run_dir, args) == "frcnn":
         return _frcnn_checkpoint(run_dir, which)
     return _darknet_checkpoint(run_dir, args, which)
+
+
+def _frcnn_progress(run_dir: Path) -> list[RunCheckpoint]:
+    """``epochs/epoch_*.pt`` of a Faster R-CNN run, each at the epoch its name carries (a file
+    named otherwise: the ``epoch`` its small fields record, read through a memory map)."""
+    from deeplesion_cli.frcnn import checkpoint as ckpt
+
+    found = []
+    for path in sorted((run_dir / ckpt.EPOCHS_DIR).glob("epoch_*.pt")):
+        epoch = ckpt.epoch_of_name(path.name)
+        if epoch is None:
+            epoch = ckpt.peek(path).get("epoch")
+        if epoch is None:
+            raise RunFolderError(f"{path}: records no epoch; is it a `lesion train frcnn "
+                                 "--save-every` checkpoint?")
+        found.append(RunCheckpoint(run_dir, "frcnn", path, EVERY, EVERY, unit="epoch",
+                                   step=int(epoch)))
+    return found
+
+
+def _darknet_final_iteration(run_dir: Path, args: dict, cfg: Path) -> int | None:
+    """The iteration of a darknet run's ``_final.weights``: the ``max_batches`` the run trained
+    to (args.json's ``options.max_batches``, else the run's cfg). All three forks write
+    ``_final`` once their iteration counter reaches ``max_batches`` (a run stopped earlier has
+    none), so this is the file's iteration whatever the fork and the number of GPUs. Not the
+    weights header's ``seen`` divided by the batch: AlexeyAB counts ``seen`` over every GPU,
+    so the quotient depends on ``-gpus``; nor metrics.csv's last row, which a run that printed
+    no iteration line (or lost its log) lacks."""
+    options = args.get("options") or {}
+    value = options.get("max_batches") if isinstance(options, dict) else None
+    if value is None:
+        from deeplesion_cli.darknet.cfg import CfgFileError, read_cfg_file
+
+        try:
+            value = read_cfg_file(cfg).net.get("max_batches")
+        except (CfgFileError, OSError, ValueError, AttributeError):
+            return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _darknet_progress(run_dir: Path, args: dict) -> list[RunCheckpoint]:
+    """``backup/<base>_<N>.weights`` (iteration N, as darknet names it) and
+    ``<base>_final.weights`` (:func:`_darknet_final_iteration`); ``_last``, ``_best`` and
+    ``.backup`` are resume or selection files, not progress points. A numbered file at the
+    final's iteration (AlexeyAB saves ``_1000`` and ``_final`` at ``max_batches=1000``: the same
+    weights) is left out for ``_final``."""
+    import re
+
+    from deeplesion_cli.formats.darknet_results import darknet_id
+
+    cfg = darknet_cfg(run_dir, args)
+    binary = (args.get("darknet") or {}).get("binary")
+    backup = run_dir / "backup"
+    base = darknet_id(cfg.name)
+    numbered = re.compile(re.escape(base) + r"_(\d+)\.weights")
+    by_step: dict[int, Path] = {}
+    for path in sorted(backup.glob(f"{base}_*.weights")):
+        match = numbered.fullmatch(path.name)
+        if match:
+            by_step[int(match.group(1))] = path
+    final = backup / f"{base}_final.weights"
+    if final.is_file():
+        step = _darknet_final_iteration(run_dir, args, cfg)
+        if step is None:
+            raise RunFolderError(f"{final}: its iteration is unknown (no max_batches in "
+                                 f"{run_dir / 'args.json'} nor in {cfg})")
+        by_step[step] = final
+    return [RunCheckpoint(run_dir, "darknet", path, EVERY, EVERY, None, cfg, binary,
+                          unit="iteration", step=step)
+            for step, path in sorted(by_step.items())]
+
+
+def list_checkpoints(run_dir) -> list[RunCheckpoint]:
+    """Every progress point of run folder ``run_dir``, in training order (``which`` and
+    ``asked`` ``"every"``, with ``unit`` and ``step``):
+
+    * Faster R-CNN: ``epochs/epoch_0010.pt``, kept by ``lesion train frcnn --save-every N``
+      (every N-th epoch and the last), unit ``epoch``;
+    * darknet: ``backup/<base>_<N>.weights``, unit ``iteration`` (AlexeyAB and hank-ai save one
+      every 1,000 iterations, every 10,000 once ``max_batches`` >= 10,000; pjreddie every 100
+      up to 1,000, then every 10,000: docs/darknet.md section 5), then ``<base>_final.weights``
+      at the run's last iteration (:func:`_darknet_final_iteration`).
+
+    :class:`RunFolderError` naming what was looked for, and how to get such files, when there is
+    none."""
+    run_dir = Path(run_dir)
+    args = read_args(run_dir)
+    if run_backend(run_dir, args) == "frcnn":
+        found = _frcnn_progress(run_dir)
+        if not found:
+            raise RunFolderError(
+                f"{run_dir}: no epochs/epoch_*.pt to score over training: a run keeps its "
+                "epochs' weights only when trained with `lesion train frcnn --save-every N` "
+                "(a finished run can add them: --resume --epochs MORE --save-every N keeps the "
+                "next ones)")
+        return found
+    found = _darknet_progress(run_dir, args)
+    if not found:
+        from deeplesion_cli.formats.darknet_results import darknet_id
+
+        base = darknet_id(darknet_cfg(run_dir, args).name)
+        raise RunFolderError(
+            f"{run_dir / 'backup'}: no {base}_<iteration>.weights nor {base}_final.weights to "
+            "score over training (darknet saves <base>_<iteration>.weights every 1,000 "
+            "iterations with AlexeyAB/hank-ai, every 100 up to 1,000 then every 10,000 with "
+            "pjreddie, and <base>_final.weights when the run ends: train longer, or let the "
+            "run finish)")
+    return found
 
 
 def _stamp(path: Path) -> list:

@@ -227,7 +227,7 @@ def train_yolo(prepared, cfg_path, run_dir, values: Mapping | None = None, *,
                        darknet=v["darknet"], gpus=v["gpus"], map=v["map"], resume=resume,
                        show_progress=show_progress, clear=False if resume else v["clear"],
                        map_epochs=v["map_epochs"], iou_thresh=v["iou_thresh"],
-                       chart=v["chart"])
+                       chart=v["chart"], save_every=v["save_every"])
     except Exception:
         _draw_yolo_curves(Path(run_dir), [])  # what the run logged before it failed
         raise
@@ -273,16 +273,34 @@ def final_weights(run_dir, cfg_path) -> Path:
 
 def predict_yolo(prepared, cfg_path, weights, out_json, values: Mapping | None = None, *,
                  show_progress: bool = True) -> Path:
-    """``lesion predict yolo``: COCO results json of darknet weights over a split."""
+    """``lesion predict yolo``: COCO results json of darknet weights over a split (at
+    ``predict_size`` when given). With ``darknet_map``, darknet's own ``detector map`` of the
+    same split at the same size is written to ``<out stem>.darknet_map.json`` beside it
+    (:func:`deeplesion_cli.darknet.map.darknet_map`); a fork without it (pjreddie) is refused
+    before anything is predicted."""
     from deeplesion_cli.darknet.predict import predict
 
     v = _values(darknet_spec.PREDICT_YOLO, values)
+    if v["darknet_map"]:
+        from deeplesion_cli.darknet.errors import DarknetOptionError
+        from deeplesion_cli.darknet.map import map_unsupported
+
+        reason = map_unsupported(v["darknet"])
+        if reason:
+            raise DarknetOptionError(f"--darknet-map: {reason}")
     path = predict(prepared, cfg_path, weights, split=v["split"], out_json=out_json,
-                   darknet=v["darknet"], thresh=v["thresh"], show_progress=show_progress)
+                   darknet=v["darknet"], thresh=v["thresh"], show_progress=show_progress,
+                   predict_size=v["predict_size"])
     if v["draw"]:   # --draw N: pictures beside the detections (backends may not draw)
         from deeplesion_cli.report.overlays import draw_predictions
 
         draw_predictions(prepared, v["split"], path, v["draw"])
+    if v["darknet_map"]:
+        from deeplesion_cli.darknet.map import darknet_map, map_json_path
+
+        darknet_map(prepared, cfg_path, weights, split=v["split"], darknet=v["darknet"],
+                    iou_thresh=v["map_iou"],
+                    predict_size=v["predict_size"]).write(map_json_path(path))
     return path
 
 
@@ -309,10 +327,12 @@ class Evaluation:
 @locks("out_dir", "lesion eval")
 def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | None = None, *,
              split: str = "test", pred_format: str = "auto", names=None, out_dir=None,
-             show_progress: bool = False) -> Evaluation:
+             show_progress: bool = False, class_base: int | None = None) -> Evaluation:
     """``lesion eval``: read the ground truth (a COCO json, or a prepared folder's ``split``) and
     each named detections file, score them side by side, and write metrics.json, tables and
-    plots into ``out_dir`` when given."""
+    plots into ``out_dir`` when given. ``class_base`` (0, 1 or None: detected) is the class-id
+    base of Ultralytics files; how a file was read (``Detections.reading``) joins its run's
+    metrics.json block."""
     from deeplesion_cli.evaluation.evaluate import EvalOptions, evaluate_runs
     from deeplesion_cli.evaluation.outputs import prepared_record, resolve_ground_truth
     from deeplesion_cli.formats.detections import read_detections, read_names
@@ -324,11 +344,13 @@ def evaluate(ground_truth, predictions: Mapping[str, Path], values: Mapping | No
     names_path = names or default_names
     class_names = read_names(names_path) if names_path else None
     fmt = None if pred_format == "auto" else pred_format
-    runs = {name: read_detections(path, gt, fmt=fmt, names=class_names)
+    runs = {name: read_detections(path, gt, fmt=fmt, names=class_names, class_base=class_base)
             for name, path in predictions.items()}
     document = evaluate_runs(gt, runs, EvalOptions(**v), ground_truth_path=str(gt_path),
                              show_progress=show_progress,
                              prepared=prepared_record(ground_truth, gt_path))
+    for name, dets in runs.items():
+        document["runs"][name].update(dets.reading)
     written = []
     if out_dir is not None:
         from deeplesion_cli.report.eval_outputs import write_eval_outputs
@@ -385,10 +407,12 @@ def _predict_values(spec, values: Mapping | None, split: str) -> dict:
     return {**_values(spec, chosen), "split": split}
 
 
-def predict_run(run_dir, prepared, *, split: str = "test", checkpoint: str = "best",
+def predict_run(run_dir, prepared, *, split: str = "test", checkpoint="best",
                 values: Mapping | None = None, show_progress: bool = True):
     """Detections of run folder ``run_dir`` over ``prepared``'s ``split``, from the checkpoint
-    ``checkpoint`` (best|last) means (:func:`deeplesion_cli.runs.pick_checkpoint`), cached in
+    ``checkpoint`` (best|last) means (:func:`deeplesion_cli.runs.pick_checkpoint`), or from
+    ``checkpoint`` itself when it is a :class:`deeplesion_cli.runs.RunCheckpoint` (one of
+    :func:`deeplesion_cli.runs.list_checkpoints`; ``run_dir`` is then not read), cached in
     ``<run>/detections/`` (:func:`deeplesion_cli.runs.cache_path`): a second call with the same
     inputs predicts nothing; a new cache file replaces the older ones of that split and
     checkpoint. ``values``: prediction options of either backend (``device``, ``workers``,
@@ -398,7 +422,10 @@ def predict_run(run_dir, prepared, *, split: str = "test", checkpoint: str = "be
     from deeplesion_cli import runs
     from deeplesion_cli.lock import folder_lock
 
-    chosen = runs.pick_checkpoint(run_dir, checkpoint)
+    if isinstance(checkpoint, runs.RunCheckpoint):
+        chosen = checkpoint
+    else:
+        chosen = runs.pick_checkpoint(run_dir, checkpoint)
     if chosen.backend == "frcnn":
         v = _predict_values(frcnn_spec.PREDICT_FRCNN, values, split)
     else:

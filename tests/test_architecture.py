@@ -32,6 +32,7 @@ FORBIDDEN = {
     "darknet": {"frcnn", "report", "steps", "cli", "matrix", "demo"},
     "runs": {"steps", "cli", "matrix", "demo", "report"},
     "steps": {"cli", "matrix", "demo"},
+    "curves": {"cli", "matrix", "demo"},
     "matrix": {"cli", "demo"},
 }
 

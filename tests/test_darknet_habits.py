@@ -151,6 +151,19 @@ def test_train_flags_refused_where_the_fork_lacks_them():
                        "-chart", "/r/c.png"]
 
 
+def test_save_every_reaches_each_fork_its_own_way():
+    assert dtrain.save_every_entry("alexeyab", "/d", 1000) == {"saveweights": 1000}
+    assert dtrain.save_every_entry("hankai", "/d", 1000) is None
+    assert dtrain.save_every_entry("pjreddie", "/d", None) == {}
+    hank = dtrain.train_command("/d", "hankai", "/r/obj.data", "/r/t.cfg", save_every=1000)
+    assert hank[-2:] == ["-saveweights", "1000"]
+    ab = dtrain.train_command("/d", "alexeyab", "/r/obj.data", "/r/t.cfg", save_every=1000)
+    assert "-saveweights" not in ab
+    with pytest.raises(DarknetOptionError, match=r"--save-every 1000 needs AlexeyAB or hank-ai "
+                                                 r"darknet; /d is pjreddie's, which saves"):
+        dtrain.train_command("/d", "pjreddie", "/r/obj.data", "/r/t.cfg", save_every=1000)
+
+
 @needs_darknet
 def test_chart_on_pjreddie_is_refused_before_anything_is_written(prepared, base):
     cfg = fast_cfg(base / "cfg-refused" / "tiny.cfg", max_batches=3)
@@ -181,7 +194,7 @@ def test_alexeyab_flags_best_weights_and_cpu_only_gpus(prepared, base):
     run = base / "run-ab"
     result = invoke("train", "yolo", prepared, "--cfg", cfg, "--out", run, "--darknet", fake,
                     "--map", "--map-epochs", "2", "--iou-thresh", "0.75", "--gpus", "0",
-                    "--chart", base / "charts" / "c.png")
+                    "--chart", base / "charts" / "c.png", "--save-every", "1000")
     assert result.exit_code == 0, result.output
     argv = (run / "argv.txt").read_text().split()
     assert argv[4:] == ["-dont_show", "-map", "-mAP_epochs", "2", "-iou_thresh", "0.75",
@@ -199,7 +212,9 @@ def test_alexeyab_flags_best_weights_and_cpu_only_gpus(prepared, base):
     assert args["outputs"] == {"final": str(run / "backup" / "tiny_final.weights"),
                                "best": str(best), "resume": None}
     assert args["flags"] == {"clear": False, "map_epochs": 2, "iou_thresh": 0.75,
-                             "chart": str(base / "charts" / "c.png")}
+                             "chart": str(base / "charts" / "c.png"), "save_every": 1000}
+    # AlexeyAB reads the save interval from the .data file (hank-ai from -saveweights)
+    assert "saveweights = 1000\n" in (run / "obj.data").read_text()
     assert args["gpus"] is None  # what darknet got
     # resumed: this session's iterations, and the best mAP that AlexeyAB restarted
     longer = tiny_cfg(base / "cfg-ab-longer" / "tiny.cfg", max_batches=5)

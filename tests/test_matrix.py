@@ -20,7 +20,6 @@ from deeplesion_cli.frcnn import checkpoint as ckpt
 from deeplesion_cli.frcnn import engine
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_TOML = REPO / "docs" / "examples" / "seed-table2.toml"
 
 FRCNN_TOML = """
 prepared = "{prepared}"
@@ -314,22 +313,6 @@ def test_toml_syntax_error_names_the_file(tmp_path):
     toml.write_text('prepared = "p"\n[[experiment]\n')
     with pytest.raises(mx.MatrixError, match=r"broken\.toml: not valid TOML"):
         mx.load_matrix(toml)
-
-
-def test_shipped_seed_table_validates():
-    matrix = mx.load_matrix(SEED_TOML)
-    frcnn = [e for e in matrix.experiments if e.backend == "frcnn"]
-    yolo = [e for e in matrix.experiments if e.backend == "yolo"]
-    assert len(frcnn) == 6 and len(yolo) == 2
-    assert all(e.options.arch == "resnet50_fpn" and e.options.epochs == 110 for e in frcnn)
-    combos = {(e.options.optimizer, e.options.resolved_lr(), e.options.augment,
-               e.options.balanced) for e in frcnn}
-    assert combos == {(opt, lr, aug, bal) for opt, lr in (("adam", 1e-4), ("sgd", 2e-5))
-                      for aug, bal in (("none", False), ("seed", False), ("seed", True))}
-    assert {(e.options.arch, e.options.size) for e in yolo} == {("yolov4", "416"),
-                                                                ("yolov4-tiny", "416")}
-    assert matrix.prepared == SEED_TOML.parent / "prepared" and matrix.split == "test"
-    assert "AlexeyAB" in SEED_TOML.read_text()
 
 
 def test_option_tables_match_the_cli_flags():

@@ -58,7 +58,7 @@ def test_train_options_fields_are_the_spec():
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
     assert fields == {o.name: o.default for o in TRAIN_FRCNN}
     assert RESUMABLE_OVERRIDES == {"epochs", "workers", "device", "eval_batch_size", "log_every",
-                                   "test"}
+                                   "test", "save_every"}
 
 
 def test_bounds_and_choices_come_from_the_declaration():
@@ -133,7 +133,7 @@ def test_printed_train_line_gives_back_the_same_options(tmp_path, monkeypatch):
                                              cwd=tmp_path, resume=True))
     defaults = _parse(["lesion", "train", "frcnn", "p", "--out", "run"])
     typed = {o.name for o in TRAIN_FRCNN if o.cli and resumed[o.name] != defaults[o.name]}
-    assert resumed["resume"] and typed == {"epochs", "workers", "device", "test"}
+    assert resumed["resume"] and typed == {"epochs", "workers", "device", "test", "save_every"}
     # the demo shows only what differs from the defaults, and it means the same run
     short = steps.train_frcnn_words(tmp_path / "p", tmp_path / "run",
                                     TrainOptions(epochs=7, nms_iou=0.3), changed_only=True)
@@ -153,7 +153,7 @@ def test_printed_cfg_eval_report_lines_give_back_their_values(tmp_path, monkeypa
     params = _parse(steps.evaluate_words(tmp_path / "p", {"a": tmp_path / "a.json"}, eval_values,
                                          tmp_path, split="val", out_dir=tmp_path / "e"))
     assert {k: params[k] for k in eval_values} == eval_values
-    assert params["named_preds"] == ("a=a.json",) and params["split"] == "val"
+    assert params["named_preds"] == ("a=a.json",) and params["split"] == ("val",)
     report_values = {"pdf": True, "images": ("a.png", "b.png"), "n_overlay": 2}
     (tmp_path / "run").mkdir()
     params = _parse(steps.report_words([tmp_path / "run"], [], None, tmp_path / "r",

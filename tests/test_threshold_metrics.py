@@ -116,6 +116,34 @@ def test_seed_protocol_hand_worked():
     json.dumps(out)
 
 
+def test_seed_protocol_per_class_ap_map_and_mean_iou_hand_worked():
+    gt, dets = two_class_case()
+    out = seed_protocol(gt, dets, score=0.25)
+    a, b = out["per_class"]["a"], out["per_class"]["b"]
+    # class a (3 GT): kept/TP at t = 0 .. 1.0: 5/2 5/2 5/2 4/2 4/2 4/2 4/2 3/1 2/1 1/1 0/0
+    assert a["tp"] == [2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 0]
+    assert a["fp"] == [3, 3, 3, 2, 2, 2, 2, 2, 1, 0, 0]
+    # from t = 1.0 down, recall steps 0 -> 1/3 at t = .9 (precision 1) and 1/3 -> 2/3 at t = .6
+    # (precision 2/4): AP = 1/3 * 1 + 1/3 * 0.5
+    assert a["ap"] == pytest.approx(0.5)
+    assert b["tp"] == [1, 1, 1, 1] + [0] * 7 and b["ap"] == pytest.approx(1.0)
+    assert out["map"] == pytest.approx(0.75)
+    # matched with score >= .25: d0 (IoU 1), d3 (1/2), d5 (2/3); d4 (.2) is an FP anyway
+    assert out["mean_iou"] == pytest.approx((1 + 0.5 + 2 / 3) / 3)
+    assert out["mean_iou_at"][7] == pytest.approx(1.0)     # t = .7: d0 only
+    assert out["mean_iou_at"][10] is None                   # t = 1.0: nothing kept
+    # the pooled area is still the trapezoid of the pooled counts
+    assert out["tp"] == [3, 3, 3, 3, 2, 2, 2, 1, 1, 1, 0]
+    json.dumps(out)
+
+
+def test_seed_protocol_class_without_ground_truth_is_left_out_of_map():
+    gt = make_gt(1, [(0, 1, SQ)], cats=((1, "a"), (2, "b")))
+    out = seed_protocol(gt, make_dets([(0, 1, SQ, 0.95), (0, 2, SQ, 0.9)]))
+    assert out["per_class"]["b"]["ap"] is None and out["per_class"]["b"]["n_gt"] == 0
+    assert out["map"] == pytest.approx(1.0)
+
+
 def test_seed_protocol_no_detection_kept_means_precision_one():
     gt = make_gt(1, [(0, 1, SQ)])
     out = seed_protocol(gt, make_dets([(0, 1, SQ, 0.45)]))

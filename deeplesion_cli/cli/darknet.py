@@ -153,12 +153,18 @@ def predict_yolo(prepared, cfg_path, weights, out_json, **params) -> None:
 
     pjreddie darknet: `detector valid` (its only machine-readable output); AlexeyAB/hank-ai:
     `detector test -out`. Boxes are in the prepared images' pixels, as the COCO ground truth.
-    --weights must be darknet weights of exactly the size the cfg's network needs.
+    --weights must be darknet weights of exactly the size the cfg's network needs. --size
+    predicts at another network size with the same weights (the cfg with only width/height
+    changed, checked, written beside -o). --darknet-map also runs darknet's own `detector map`
+    (AlexeyAB/hank-ai) on the same split at the same size and prints its mAP; pjreddie has
+    none (a warning).
 
     \b
     Examples:
       lesion predict yolo prepared/ --cfg yolo.cfg --weights runs/yolo/backup/yolo_final.weights -o yolo.json
       lesion predict yolo prepared/ --cfg yolo.cfg --weights w.weights -o yolo.json --draw 8
+      lesion predict yolo prepared/ --cfg yolo832.cfg --weights w.weights -o yolo1024.json \\
+          --size 1024 --darknet-map
       lesion eval prepared/ yolo.json
     """
     import json
@@ -166,11 +172,34 @@ def predict_yolo(prepared, cfg_path, weights, out_json, **params) -> None:
     from deeplesion_cli import steps
 
     values = PREDICT_YOLO.from_cli(params)
+    if values["darknet_map"]:
+        from deeplesion_cli.darknet.map import map_unsupported
+
+        reason = map_unsupported(values["darknet"])
+        if reason:
+            warn(f"--darknet-map: {reason}; predicting without it")
+            values["darknet_map"] = False
     path = steps.predict_yolo(prepared, cfg_path, weights, out_json, values)
     n_detections = len(json.loads(Path(path).read_text()))
-    click.echo(f"wrote {n_detections} detections to {path}")
+    line = f"wrote {n_detections} detections to {path}"
+    if values["darknet_map"]:
+        from deeplesion_cli.darknet.map import DarknetMap, map_json_path
+
+        found = DarknetMap.read(map_json_path(path))
+        line += (f"; darknet's own detector map ({found.fork}, {found.network_size[0]}x"
+                 f"{found.network_size[1]}): {found.headline()} -> {map_json_path(path)}")
+    click.echo(line)
     if n_detections == 0:
         warn(f"no detections: {path} holds no box (every metric of it will be 0 or undefined)")
+    if values["predict_size"] is not None:
+        from deeplesion_cli.darknet.resize import cfg_size, parse_predict_size, \
+            resized_cfg_beside
+
+        size, own = parse_predict_size(values["predict_size"]), cfg_size(cfg_path)
+        if size != own:
+            click.echo(f"predicted at network size {size[0]}x{size[1]} (trained at "
+                       f"{own[0]}x{own[1]}) with "
+                       f"{resized_cfg_beside(path, cfg_path, values['predict_size'])}")
     if values.get("draw"):
         from deeplesion_cli.report.overlays import draw_dir
 

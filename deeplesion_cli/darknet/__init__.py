@@ -5,5 +5,6 @@
   templates in ``darknet_cfg/``.
 * :mod:`.binary` (finding darknet, its fork), :mod:`.inputs` (checks before launching),
   :mod:`.process` (the child process), :mod:`.log` (reading its console), :mod:`.train`,
-  :mod:`.runargs` (a run's ``args.json``), :mod:`.predict`, :mod:`.errors`: running darknet.
+  :mod:`.runargs` (a run's ``args.json``), :mod:`.predict` (with :mod:`.resize`: at another
+  network size), :mod:`.map` (darknet's own ``detector map``), :mod:`.errors`: running darknet.
 """

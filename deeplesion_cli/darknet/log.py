@@ -10,6 +10,9 @@ Two layers:
 * :func:`parse_line` classifies one clean line as an :class:`Iteration`, a :class:`MapResult`,
   a :class:`Problem` (error, missing file, out of memory, bad data), a :class:`SavedWeights`, or
   ``None`` for everything else.
+* :func:`parse_map_report` reads the whole report of ``detector map`` (AlexeyAB's and hank-ai's
+  layouts, docs/darknet.md 6.1, 6.3) into a :class:`MapReport`: per-class AP, the counts and
+  average IoU at ``conf_thresh``, the AP rule and the mAP.
 
 Formats (docs/darknet.md 5, 6, 10; verbatim examples in tests/test_darknet_runner.py):
 
@@ -261,7 +264,7 @@ def _iteration(line: str) -> Iteration | None:
 
 def _fraction(value: str, percent: str | bool) -> float:
     number = _float(value)
-    return number / 100.0 if percent else number
+    return round(number / 100.0, 10) if percent else number   # 47.73 -> 0.4773, not 0.47729999
 
 
 def _map(line: str) -> MapResult | None:
@@ -321,3 +324,135 @@ def parse_text(text: str) -> list[Event]:
         if event is not None:
             events.append(event)
     return events
+
+
+# ------------------------------------------------------------------------- `detector map` report
+
+@dataclass(frozen=True)
+class ClassAP:
+    """One class line of a ``detector map`` report: AP as a fraction; ``tp``/``fp`` counted at
+    the report's ``conf_thresh``; hank-ai also prints ``fn``, ``gt``, ``f1`` and ``avg_iou``
+    (fractions) per class (None for AlexeyAB). ``name`` as darknet printed it (hank-ai cuts
+    names over 20 characters to 19 and a ``+``)."""
+
+    class_id: int
+    name: str
+    ap: float
+    tp: int
+    fp: int
+    fn: int | None = None
+    gt: int | None = None
+    f1: float | None = None
+    avg_iou: float | None = None
+
+
+@dataclass(frozen=True)
+class MapReport:
+    """The report of one ``darknet detector map`` (AlexeyAB or hank-ai).
+
+    ``map``: the mean over the cfg's classes of the per-class AP, a fraction; ``iou_threshold``:
+    the IoU a detection needed (``-iou_thresh``); ``points``: the AP rule (0: area under the
+    curve at each unique recall, else the number of recall points, ``-points``); ``classes``:
+    one :class:`ClassAP` per class. At ``conf_thresh`` (darknet's ``-thresh``, default 0.25),
+    over all classes: ``precision``, ``recall``, ``f1`` (NaN when darknet printed ``-nan``),
+    ``tp``, ``fp``, ``fn`` and ``average_iou`` (a fraction: the IoU of the true positives summed
+    over TP + FP detections). ``detections``/``ground_truth``: darknet's
+    ``detections_count``/``unique_truth_count``. None where the report did not say.
+    """
+
+    map: float
+    iou_threshold: float
+    classes: tuple[ClassAP, ...]
+    points: int | None = None
+    conf_thresh: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    tp: int | None = None
+    fp: int | None = None
+    fn: int | None = None
+    average_iou: float | None = None
+    detections: int | None = None
+    ground_truth: int | None = None
+
+
+_MAP_COUNTS = re.compile(r"detections_count\s*=\s*(\d+)\s*,\s*unique_truth_count\s*=\s*(\d+)")
+# AlexeyAB: "class_id = 0, name = obj, ap = 95.46%   \t (TP = 21, FP = 0)"
+_MAP_CLASS_AB = re.compile(
+    rf"^\s*class_id\s*=\s*(\d+),\s*name\s*=\s*(.*?),\s*ap\s*=\s*({_NUM})\s*%\s*"
+    r"\(TP\s*=\s*(\d+),\s*FP\s*=\s*(\d+)\)", re.I)
+# hank-ai: a table after "  Id Name  AP  TP  FP  FN  GT  F1  AvgIoU" (AP, F1, AvgIoU in %)
+_MAP_TABLE_HK = re.compile(r"^\s*Id\s+Name\s+AP\s+TP\s+FP\s+FN\s+GT\s+F1\s+AvgIoU\s*$")
+_MAP_CLASS_HK = re.compile(
+    rf"^\s*(\d+)\s+(.+?)\s+({_NUM})\s+(\d+)\s+(\d+)\s+(-?\d+)\s+(\d+)\s+({_NUM})\s+"
+    rf"({_NUM})\s*$", re.I)
+# "for conf_thresh = 0.25, precision = 0.88, recall = 0.91, F1-score = 0.90" (hank-ai:
+# "-> for conf_thresh=0.25, precision=0.88, recall=0.91, F1 score=0.9")
+_MAP_PRF = re.compile(
+    rf"for conf_thresh\s*=\s*({_NUM}),\s*precision\s*=\s*({_NUM}),\s*recall\s*=\s*({_NUM}),"
+    rf"\s*F1[- ]score\s*=\s*({_NUM})", re.I)
+# "for conf_thresh = 0.25, TP = 21, FP = 0, FN = 2, average IoU = 80.12 %"
+_MAP_COUNTS_AT = re.compile(
+    rf"for conf_thresh\s*=\s*({_NUM}),\s*TP\s*=\s*(\d+),\s*FP\s*=\s*(\d+),\s*"
+    rf"FN\s*=\s*(-?\d+),\s*average IoU\s*=\s*({_NUM})\s*%", re.I)
+# "IoU threshold = 50 %, used Area-Under-Curve for each unique Recall" / "used 11 Recall-points"
+_MAP_RULE = re.compile(rf"IoU threshold\s*=\s*({_NUM})\s*%,\s*used\s+(?:(\d+)\s+recall[- ]points"
+                       r"|area-under-curve)", re.I)
+
+
+def _percent(text: str) -> float:
+    """A printed percentage as a fraction (``95.46`` -> ``0.9546``, not ``0.95459999``)."""
+    return round(_float(text) / 100.0, 10)
+
+
+def parse_map_report(lines) -> MapReport | None:
+    """The last ``detector map`` report in ``lines`` (clean console lines, or a whole text
+    split by :func:`split_text`), AlexeyAB's or hank-ai's layout; None when no mAP line
+    (``mean average precision (mAP@X) = ...``) was printed."""
+    if isinstance(lines, str):
+        lines = split_text(lines)
+    classes: list[ClassAP] = []
+    found: dict = {}
+    in_table = False
+    result = None
+    for line in lines:
+        match = _MAP_COUNTS.search(line)
+        if match:   # a new report starts
+            classes, found, in_table = [], {}, False
+            found.update(detections=int(match.group(1)), ground_truth=int(match.group(2)))
+            continue
+        match = _MAP_CLASS_AB.match(line)
+        if match:
+            cid, name, ap, tp, fp = match.groups()
+            classes.append(ClassAP(int(cid), name, _percent(ap), int(tp), int(fp)))
+            continue
+        if _MAP_TABLE_HK.match(line):
+            in_table = True
+            continue
+        match = _MAP_CLASS_HK.match(line) if in_table else None
+        if match:
+            cid, name, ap, tp, fp, fn, gt, f1, iou = match.groups()
+            classes.append(ClassAP(int(cid), name, _percent(ap), int(tp), int(fp), int(fn),
+                                   int(gt), _percent(f1), _percent(iou)))
+            continue
+        match = _MAP_PRF.search(line)
+        if match:
+            in_table = False
+            thresh, precision, recall, f1 = (_float(v) for v in match.groups())
+            found.update(conf_thresh=thresh, precision=precision, recall=recall, f1=f1)
+            continue
+        match = _MAP_COUNTS_AT.search(line)
+        if match:
+            in_table = False
+            thresh, tp, fp, fn, iou = match.groups()
+            found.update(conf_thresh=_float(thresh), tp=int(tp), fp=int(fp), fn=int(fn),
+                         average_iou=_percent(iou))
+            continue
+        match = _MAP_RULE.search(line)
+        if match:
+            found["points"] = int(match.group(2)) if match.group(2) is not None else 0
+            continue
+        event = _map(line)
+        if event is not None and event.kind == "map":
+            result = MapReport(event.map, event.iou_threshold, tuple(classes), **found)
+    return result

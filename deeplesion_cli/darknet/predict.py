@@ -24,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplesion_cli import atomic
 from deeplesion_cli.darknet.binary import FORK_NAMES, FORKS, detect_fork, find_darknet
 from deeplesion_cli.darknet.errors import (DarknetInputError, DarknetInterrupted,
                                            DarknetOptionError, DarknetRunError)
 from deeplesion_cli.darknet.inputs import (SPLIT_ALIASES, data_file_problems, read_cfg, read_list,
                                            relocated_list, validate_inputs, write_data_file)
+from deeplesion_cli.darknet.cfg import parse_cfg
 from deeplesion_cli.darknet.process import describe_returncode, run_darknet, signal_name
+from deeplesion_cli.darknet.resize import (parse_predict_size, resized_cfg_beside,
+                                           resized_cfg_name, resized_cfg_text)
 from deeplesion_cli.darknet.weights import weights_problems
 from deeplesion_cli.formats.darknet_results import darknet_id
 from deeplesion_cli.prepared import LIST_NAMES, Prepared, PreparedError
@@ -54,7 +58,7 @@ def predict_command(binary, fork: str, data_path, cfg_path, weights, thresh: flo
 
 
 def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None, darknet=None,
-            thresh: float = 0.005, show_progress: bool = True) -> Path:
+            thresh: float = 0.005, show_progress: bool = True, predict_size=None) -> Path:
     """Detect on the ``split``'s image list and write COCO results json (``out_json``, default
     ``<prepared>/predictions/yolo_<split>.json``) in the prepared images' pixel frame, ready for
     ``lesion eval``. Returns the json's path.
@@ -73,6 +77,14 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
     is re-rooted to the prepared folder's current location
     (:func:`~deeplesion_cli.darknet.inputs.relocated_list`). SIGTERM, SIGHUP and SIGINT stop
     darknet too and raise :class:`DarknetInterrupted`.
+
+    ``predict_size`` (N or WxH, pixels, multiples of 32; None: the cfg's own size): predict at
+    that network size with the cfg resized by :mod:`~deeplesion_cli.darknet.resize` (only
+    ``[net]`` width/height change, anchors as trained; checked, layer shapes included, before
+    darknet starts; the same weights fit). darknet reads the resized copy from the scratch
+    folder; on success it is also written beside ``out_json`` as
+    ``<out stem>.<cfg stem>-<W>x<H>.cfg``, the record of what ran. A size equal to the cfg's
+    own predicts with the cfg itself.
     """
     from deeplesion_cli.formats.detections import read_detections, read_names, \
         write_coco_results
@@ -102,15 +114,25 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
     if not np.isfinite(thresh) or thresh < 0:
         raise DarknetOptionError(f"thresh {thresh!r}: expected a non-negative number")
     cfg = read_cfg(cfg_path)
-    problems = weights_problems(weights, cfg.cfg, cfg_path, whole=True)
+    resized = resized_name = None
+    if predict_size is not None and parse_predict_size(predict_size) != (cfg.width, cfg.height):
+        resized = resized_cfg_text(cfg_path.read_text(encoding="utf-8", errors="replace"),
+                                   predict_size, str(cfg_path))
+        resized_name = resized_cfg_name(cfg_path, predict_size)
+    network = parse_cfg(resized, str(cfg_path)) if resized is not None else cfg.cfg
+    problems = weights_problems(weights, network, cfg_path, whole=True)
     if problems:
         raise DarknetInputError(problems, "weights")
 
     scratch = Path(tempfile.mkdtemp(prefix=f"lesion-darknet-predict-{split}-"))
+    run_cfg = cfg_path
     try:
+        if resized is not None:   # darknet reads the resized copy (module resize)
+            run_cfg = scratch / resized_name
+            atomic.write_text(run_cfg, resized)
         # the split's list for the prepared folder's current location (copied or moved)
         source_list, list_path = list_path, relocated_list(prepared_dir, split, scratch)
-        summary = validate_inputs(prepared_dir, cfg_path, [list_path], fork=fork,
+        summary = validate_inputs(prepared_dir, run_cfg, [list_path], fork=fork,
                                   check_labels=False, unique_ids=True,
                                   list_sources={str(list_path): source_list})
         gt = load_ground_truth(gt_path)
@@ -132,7 +154,7 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
             "names": names_path}
     results = scratch / "results"
     result_json = scratch / "result.json"
-    cmd = predict_command(binary, fork, data_path, cfg_path, weights, thresh, result_json)
+    cmd = predict_command(binary, fork, data_path, run_cfg, weights, thresh, result_json)
     pad_ids: set[str] = set()
     if fork == "pjreddie":
         results.mkdir()  # darknet segfaults without it (docs/darknet.md 7)
@@ -199,6 +221,8 @@ def predict(prepared_dir, cfg_path, weights, split: str = "test", out_json=None,
         dets = dets.subset(dets.score >= thresh)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(out_json, gt, dets)
+    if resized is not None:
+        atomic.write_text(resized_cfg_beside(out_json, cfg_path, predict_size), resized)
     shutil.rmtree(scratch, ignore_errors=True)
     return out_json
 

@@ -10,7 +10,7 @@ always present; a value is null when unknown (docs/formats.md, "Training runs"):
      "darknet": {"binary": "/usr/bin/darknet", "fork": "pjreddie" | "alexeyab" | "hankai"},
      "gpus": "0,1" | null, "map": false, "resumed": false,
      "flags": {"clear": false, "map_epochs": 4 | null, "iou_thresh": 0.5 | null,
-               "chart": "/abs/chart.png" | null},
+               "chart": "/abs/chart.png" | null, "save_every": 1000 | null},
      "outputs": {"final": "/abs/run/backup/x_final.weights" | null, "best": ... | null,
                  "resume": ... | null},
      "options": {"arch", "width", "height", "channels", "batch", "subdivisions", "max_batches",
@@ -19,7 +19,8 @@ always present; a value is null when unknown (docs/formats.md, "Training runs"):
 
 ``gpus`` is what darknet got (null when the build has no CUDA and lesion left ``-gpus`` out);
 ``flags`` the darknet training flags beyond ``-map`` (``-clear``, ``-mAP_epochs``,
-``-iou_thresh``, ``-chart``); ``outputs`` the weights files of the run that exist:
+``-iou_thresh``, ``-chart``, and ``--save-every``: ``saveweights`` / ``-saveweights``);
+``outputs`` the weights files of the run that exist:
 ``<base>_final.weights``, ``<base>_best.weights`` (AlexeyAB/hank-ai with ``-map``: the best mAP
 of the latest session, since both forks restart their best on resume) and what ``--resume``
 continues from (``<base>_last.weights``, pjreddie ``<base>.backup``), rewritten by
@@ -83,7 +84,7 @@ def read_run_args(run_dir) -> dict | None:
 
 
 #: keys of ``flags`` and ``outputs``
-FLAG_KEYS = ("clear", "map_epochs", "iou_thresh", "chart")
+FLAG_KEYS = ("clear", "map_epochs", "iou_thresh", "chart", "save_every")
 OUTPUT_KEYS = ("final", "best", "resume")
 
 

@@ -129,12 +129,15 @@ def check_train_flags(fork: str, binary, map: bool = False, **values) -> None:
 
 def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: bool = False,
                   gpus: str | None = None, clear: bool = False, map_epochs: int | None = None,
-                  iou_thresh: float | None = None, chart=None) -> list[str]:
+                  iou_thresh: float | None = None, chart=None,
+                  save_every: int | None = None) -> list[str]:
     """``darknet detector train`` for ``fork``, with only the flags that fork knows (an unknown
     flag would become the weights path in pjreddie, docs/darknet.md 4). ``clear``: ``-clear``
     (all three forks: the weights' images-seen count starts again from 0, docs/darknet.md 16);
     ``map_epochs``, ``iou_thresh``, ``chart``: ``-mAP_epochs``, ``-iou_thresh``, ``-chart``
-    (:data:`TRAIN_FLAGS`, refused by :func:`check_train_flags` where the fork lacks them)."""
+    (:data:`TRAIN_FLAGS`, refused by :func:`check_train_flags` where the fork lacks them);
+    ``save_every``: hank-ai's ``-saveweights`` (AlexeyAB reads ``saveweights=`` from the .data
+    file instead: :func:`save_every_entry`)."""
     if fork not in FORKS:
         raise DarknetOptionError(f"fork {fork!r}: expected one of {', '.join(FORKS)}")
     cmd = [str(binary), "detector", "train", str(data_path), str(cfg_path)]
@@ -156,9 +159,25 @@ def train_command(binary, fork: str, data_path, cfg_path, weights=None, map: boo
     for name, value in flags.items():
         if value is not None:
             cmd += [TRAIN_FLAGS[name][0], str(value)]
+    if save_every is not None and save_every_entry(fork, binary, save_every) is None:
+        cmd += ["-saveweights", str(int(save_every))]
     if gpus is not None:
         cmd += ["-gpus", gpus]
     return cmd
+
+
+def save_every_entry(fork: str, binary, save_every: int | None) -> dict:
+    """``--save-every N``: the .data entry that asks for it (AlexeyAB: ``saveweights``), None
+    where a flag does (hank-ai: ``-saveweights``), {} without it; pjreddie saves on its own fixed
+    schedule (every 100 iterations up to 1,000, then every 10,000): DarknetOptionError."""
+    if save_every is None:
+        return {}
+    if fork == "pjreddie":
+        raise DarknetOptionError(
+            f"--save-every {save_every} needs AlexeyAB or hank-ai darknet; {binary} is "
+            "pjreddie's, which saves weights every 100 iterations up to 1,000, then every "
+            "10,000, whatever it is asked")
+    return {"saveweights": int(save_every)} if fork == "alexeyab" else None
 
 
 def judge_training(outcome: RunOutcome, max_batches: int, final_weights: Path,
@@ -234,7 +253,7 @@ def _gpu_list(gpus) -> str | None:
 def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None,
           map: bool = False, resume: bool = False, show_progress: bool = True,
           clear: bool = False, map_epochs: int | None = None, iou_thresh: float | None = None,
-          chart=None) -> TrainResult:
+          chart=None, save_every: int | None = None) -> TrainResult:
     """Train a darknet detector on a prepared folder and check that it really trained.
 
     ``run_dir`` receives: a copy of the cfg, the run's own ``train.txt`` and ``valid.txt``
@@ -262,7 +281,8 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     ``-iou_thresh`` and ``-chart`` (:data:`TRAIN_FLAGS`; a fork without the flag is an error);
     a mAP at IoU 0.75 goes to ``val_mAP75``. With ``map``, AlexeyAB and hank-ai write
     ``<base>_best.weights`` (:attr:`TrainResult.best_weights`); both restart their best mAP
-    when a run resumes, which the result's warnings say.
+    when a run resumes, which the result's warnings say. ``save_every``: a numbered weights file
+    every N iterations (:func:`save_every_entry`).
 
     darknet is stopped at the first NaN or infinite average loss. SIGTERM, SIGHUP and SIGINT
     reach darknet too (:func:`~deeplesion_cli.darknet.process.run_darknet`).
@@ -284,6 +304,7 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
             "`lesion predict` + `lesion eval` on the weights instead.")
     check_train_flags(fork, binary, map, map_epochs=map_epochs, iou_thresh=iou_thresh,
                       chart=chart)
+    save_entry = save_every_entry(fork, binary, save_every) or {}
     chart_path = Path(chart).resolve() if chart is not None else None
     if not cfg_source.is_file():
         raise DarknetInputError([f"{cfg_source}: cfg file not found"], "cfg")
@@ -343,10 +364,12 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
     if cfg_copy != cfg_source:
         shutil.copyfile(cfg_source, cfg_copy)
     write_data_file(data_path, {"classes": cfg.classes, "train": train_list,
-                                "valid": valid_list, "names": names_path, "backup": backup_dir})
+                                "valid": valid_list, "names": names_path, "backup": backup_dir,
+                                **save_entry})
     # the record lesion report reads; written before darknet starts so a failed run has it too
     flags = {"clear": bool(clear and not resume), "map_epochs": map_epochs,
-             "iou_thresh": iou_thresh, "chart": None if chart_path is None else str(chart_path)}
+             "iou_thresh": iou_thresh, "chart": None if chart_path is None else str(chart_path),
+             "save_every": save_every}
     write_run_args(run_dir, prepared=prepared_dir, cfg_path=cfg_copy, weights=initial_weights,
                    binary=binary, fork=fork, gpus=gpu_list, map=map, resumed=resume,
                    classes=cfg.classes, flags=flags, outputs=paths)
@@ -355,7 +378,7 @@ def train(prepared_dir, cfg_path, run_dir, weights=None, darknet=None, gpus=None
 
     cmd = train_command(binary, fork, data_path, cfg_copy, start_weights, map, gpu_list,
                         clear=clear and not resume, map_epochs=map_epochs,
-                        iou_thresh=iou_thresh, chart=chart_path)
+                        iou_thresh=iou_thresh, chart=chart_path, save_every=save_every)
     stdin_path = None
     if fork == "hankai":
         stdin_path = run_dir / ".stdin-yes"

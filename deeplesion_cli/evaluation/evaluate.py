@@ -125,7 +125,8 @@ def evaluate_run(gt: GroundTruth, dets: Detections, options: EvalOptions = EvalO
         "voc": voc_result,
     }
     stages = (
-        ("seed_protocol", "seed protocol", lambda: seed.seed_protocol(gt, dets, iou=options.iou)),
+        ("seed_protocol", "seed protocol",
+         lambda: seed.seed_protocol(gt, dets, iou=options.iou, score=options.score)),
         ("froc", "froc", lambda: froc.froc(gt, dets)),
         ("at_score", "at score",
          lambda: threshold.at_threshold(gt, dets, score=options.score, iou=options.iou)),

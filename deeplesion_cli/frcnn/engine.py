@@ -30,7 +30,8 @@ Per epoch (rank 0): a row in ``metrics.csv`` (:mod:`deeplesion_cli.runlog`: the 
 and its four parts, learning rate, seconds, images/s, share of time waiting for data, and mAP50,
 mAP75, mAP, mean IoU, FROC sensitivity at 4 FP/image on a fixed sample of the training set and on
 the validation split, computed by the toolkit's own evaluator), ``last.pt`` and, when the
-selection metric improved, ``best.pt``, a line in ``train.log``, then the caller's ``on_epoch``
+selection metric improved, ``best.pt``, with ``--save-every N`` every N-th (and the last) epoch's
+weights in ``epochs/epoch_0010.pt`` (written before ``last.pt``), a line in ``train.log``, then the caller's ``on_epoch``
 (which may draw figures: training itself draws nothing). The metrics row is written before the
 checkpoint: a run killed between the two re-does that epoch on resume, and the row is replaced
 (rows after the checkpoint's step are dropped on resume).
@@ -302,6 +303,8 @@ def _open_run_folder(run: _Run, *, resumed: bool, report: list[str]) -> None:
     if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temps(run.run_dir)
+        if (run.run_dir / ckpt.EPOCHS_DIR).is_dir():
+            atomic.remove_stale_temps(run.run_dir / ckpt.EPOCHS_DIR)
     run.log = log = TrainLog(run.run_dir / "train.log" if main else None,
                              echo=run.show_progress and main)
     if not main:
@@ -432,8 +435,8 @@ def _update_best(counters: ckpt.Counters, val_eval: dict | None, select: str) ->
 
 
 def _record(run: _Run, stats: EpochStats, improved: bool, previous_best: dict) -> None:
-    """Rank 0: the epoch's metrics.csv row, then best.pt (when ``improved``), then last.pt, then
-    its train.log line. The best record (``run.counters.best``, saved in both) stands only once
+    """Rank 0: the epoch's metrics.csv row, then best.pt (when ``improved``), then
+    ``epochs/epoch_NNNN.pt`` (``--save-every``), then last.pt, then its train.log line. The best record (``run.counters.best``, saved in both) stands only once
     best.pt is on disk: a failed best.pt save restores ``previous_best``. A failed write raises
     :class:`~deeplesion_cli.frcnn.checkpoint.CheckpointSaveError` saying what was kept."""
     old_best = previous_best.get("epoch")
@@ -455,6 +458,20 @@ def _record(run: _Run, stats: EpochStats, improved: bool, previous_best: dict) -
         except ckpt.CheckpointSaveError as exc:
             run.counters.best = previous_best
             raise _save_failed(run, exc, stats.epoch, old_best, False) from None
+    if ckpt.save_epoch_due(stats.epoch, run.options.epochs, run.options.save_every):
+        # --save-every: this epoch's weights, before last.pt (a failure re-does the epoch)
+        kept = ckpt.epoch_path(run.run_dir, stats.epoch)
+        try:
+            kept.parent.mkdir(exist_ok=True)
+            ckpt.save(kept, ckpt.weights_only(state))
+        except OSError as exc:   # the folder cannot be made
+            error = ckpt.CheckpointSaveError(
+                f"cannot write {kept}: {ckpt.describe_os_error(exc)}", exc.errno)
+            raise _save_failed(run, error, stats.epoch, stats.epoch if improved else old_best,
+                               improved) from None
+        except ckpt.CheckpointSaveError as exc:
+            raise _save_failed(run, exc, stats.epoch, stats.epoch if improved else old_best,
+                               improved) from None
     try:
         ckpt.save(run.last_path, state)
     except ckpt.CheckpointSaveError as exc:

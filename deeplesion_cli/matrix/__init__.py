@@ -40,7 +40,7 @@ The file
 
 Top-level keys: ``prepared`` (required), ``out`` (default ``matrix``), ``split`` (``train``,
 ``val`` or ``test``; default ``test``), ``defaults`` (tables ``frcnn`` and ``yolo`` only),
-``eval``, ``report``, ``scheduler`` and ``experiment`` (at least one).
+``eval``, ``report``, ``scheduler``, ``curves``, ``reported`` and ``experiment`` (at least one).
 
 Scheduling (:mod:`deeplesion_cli.spec.scheduler`): ``[scheduler]`` takes the queue's keys
 (partition, account, qos, setup, predict_time, eval_time, rdzv_port) and the training-task
@@ -61,9 +61,17 @@ lr, scheduler, augment, balanced, device, workers, seed, nms_iou, threads. Unset
 yolo (:data:`~deeplesion_cli.spec.darknet.YOLO_EXPERIMENT`): ``lesion cfg``'s arch (required),
 size (416 or ``"608x416"``), anchors (an anchors.json), batch, subdivisions, max_batches,
 burn_in, lr, small_objects, mosaic, flip; ``lesion train yolo``'s weights (initial weights),
-darknet (binary: a path, or a program name on PATH), gpus (``"0,1"``), map, clear; ``lesion predict
-yolo``'s thresh. ``[eval]``: ``lesion eval``'s options; ``[report]``: ``lesion report``'s
+darknet (binary: a path, or a program name on PATH), gpus (``"0,1"``), map, clear, save_every;
+``lesion predict yolo``'s thresh, predict_size (its ``--size``: predict at another network size),
+darknet_map and map_iou. ``[eval]``: ``lesion eval``'s options; ``[report]``: ``lesion report``'s
 (:mod:`deeplesion_cli.spec.evaluation`).
+
+``curves = ["train", "test"]`` (top level) scores every saved checkpoint of each experiment on
+those splits after the evaluation (``lesion eval --checkpoint every``, into ``out/curves/``; the
+report draws them). ``[reported]`` (top level: ``source``, ``iou``, ``note``) and
+``[experiment.reported]`` (``source``, ``best_epoch``, ``map_train``, ``map_test``, ``iou_train``,
+``iou_test``, ``map50``, ``map75``: fractions) keep a publication's figures, which comparison.md
+sets beside ours (:mod:`deeplesion_cli.matrix.reported`).
 
 Validation is strict (:func:`load_matrix`, :mod:`deeplesion_cli.matrix.load`): an unknown key
 (with a "did you mean"), an unknown backend, a duplicate name (also one differing only by case), a

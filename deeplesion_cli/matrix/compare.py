@@ -140,6 +140,11 @@ def comparison_markdown(matrix: Matrix, rows: list[dict], document: dict | None)
     table = [[r["experiment"], r["backend"], r["options"], r["status"]]
              + [fmt_metric(r[key], key) for _, key, _ in COMPARISON_METRICS] for r in rows]
     parts.append(markdown(header, table))
+    from deeplesion_cli.matrix.reported import reported_markdown
+
+    section = reported_markdown(matrix, document)
+    if section:
+        parts.append("\n" + section)
     return "\n".join(parts)
 
 

@@ -105,13 +105,34 @@ def eval_line(matrix: Matrix, names: Sequence[str], cwd: Path) -> str:
         split=matrix.split, out_dir=matrix.eval_dir))
 
 
+def curves_values(matrix: Matrix) -> dict:
+    """The ``[eval]`` options of the checkpoint curves: those of the evaluation, without the
+    bootstrap (checkpoints.csv holds no intervals)."""
+    return {**option_values(matrix.eval_options, eval_spec.EVAL), "bootstrap": 0}
+
+
+def curves_line(matrix: Matrix, names: Sequence[str], cwd: Path) -> str:
+    """``lesion eval PREPARED --split train,test --run NAME=out/NAME ... --checkpoint every
+    --out out/curves``: every saved checkpoint of each run scored on the ``curves`` splits."""
+    return shell_line(steps.evaluate_words(
+        matrix.prepared, {}, curves_values(matrix), cwd, split=",".join(matrix.curves),
+        out_dir=matrix.curves_dir, runs={n: matrix.experiment(n).run_dir for n in names},
+        checkpoint="every"))
+
+
 def report_line(matrix: Matrix, names: Sequence[str], cwd: Path) -> str:
     """``lesion report RUN... --eval DIR --prepared DIR --out DIR`` and the ``[report]`` options
     that differ from the defaults (as :func:`~deeplesion_cli.matrix.run.build_matrix_report`
     runs it)."""
     return shell_line(steps.report_words(
-        [matrix.experiment(n).run_dir for n in names], [matrix.eval_dir], matrix.prepared,
+        [matrix.experiment(n).run_dir for n in names], report_evals(matrix), matrix.prepared,
         matrix.report_dir, matrix.report.as_dict(), cwd))
+
+
+def report_evals(matrix: Matrix) -> list[Path]:
+    """The eval folders the matrix's report reads: out/eval, and out/curves when the file sets
+    ``curves`` (the report draws its checkpoints.csv)."""
+    return [matrix.eval_dir] + ([matrix.curves_dir] if matrix.curves else [])
 
 
 def matrix_line(matrix: Matrix, only: Sequence[str], cwd: Path) -> str:

@@ -113,6 +113,13 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
     scheduler = SchedulerOptions(**_table_values(scheduler_table, scheduler_keys(),
                                                  section("scheduler"), base))
 
+    curves = _curves(doc.get("curves", []), top)
+    from deeplesion_cli.matrix import reported as reported_figures
+
+    top_reported = reported_figures.check_table(
+        doc.get("reported", {}), reported_figures.TOP_KEYS,
+        lambda message, key=None: top(message, f"reported.{key}" if key else "reported"))
+
     items = doc.get("experiment")
     if items is None:
         raise top("no [[experiment]] tables: nothing to run", "experiment")
@@ -146,10 +153,15 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
             raise fail(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", "backend")
         known = experiment_keys(backend)
         for key in item:
-            if key not in ("name", "backend") and key not in known:
+            if key not in ("name", "backend", "reported") and key not in known:
                 raise fail(unknown_key(key, known, f"{backend} option"), key)
+        reported = reported_figures.check_table(
+            item.get("reported", {}), reported_figures.EXPERIMENT_KEYS,
+            lambda message, key=None, _fail=fail: _fail(
+                message, f"reported.{key}" if key else "reported"))
         given = dict(shared.get(backend, {}))
-        given.update(_table_values({k: v for k, v in item.items() if k not in ("name", "backend")},
+        given.update(_table_values({k: v for k, v in item.items()
+                                    if k not in ("name", "backend", "reported")},
                                    known, fail, base))
         resources = {k: given.pop(k) for k in task_keys().names() if k in given}
         if backend == "frcnn":
@@ -158,12 +170,26 @@ def matrix_from_dict(doc: dict, path) -> Matrix:
             options = _yolo_options(given, fail)
         seen[name.lower()] = len(experiments)
         experiments.append(Experiment(name, backend, index, given, options, out / name,
-                                      resources))
+                                      resources, reported))
     matrix = Matrix(path, prepared, out, split, tuple(experiments), eval_options, report,
-                    scheduler)
+                    scheduler, curves, top_reported)
     for exp in experiments:
         _check_resources(matrix, exp)
     return matrix
+
+
+def _curves(value, fail) -> tuple[str, ...]:
+    """``curves = ["train", "test"]``: the splits every saved checkpoint is scored on."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail(f"expected a list of splits ({', '.join(SPLITS)}), got {value!r}", "curves")
+    for split in value:
+        if split not in SPLITS:
+            raise fail(f"{split!r} is not a split ({', '.join(SPLITS)})", "curves")
+    if len(set(value)) != len(value):
+        raise fail(f"a split is listed twice: {value!r}", "curves")
+    return tuple(value)
 
 
 def _check_resources(matrix: Matrix, exp: Experiment) -> None:

@@ -18,9 +18,9 @@ BACKENDS = ("frcnn", "yolo")
 #: names weights after the cfg's name up to its first dot; no spaces: darknet .data files)
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: folders of ``out/`` that are not run folders
-RESERVED_NAMES = ("eval", "report")
-TOP_KEYS = ("prepared", "out", "split", "defaults", "eval", "report", "scheduler",
-            "experiment")
+RESERVED_NAMES = ("eval", "report", "curves")
+TOP_KEYS = ("prepared", "out", "split", "curves", "defaults", "eval", "report", "scheduler",
+            "reported", "experiment")
 
 
 class MatrixError(LesionInputError):
@@ -52,6 +52,9 @@ class Experiment:
     #: its training task's resources as set in the file (spec.scheduler.TASK names; defaults
     #: merged), apart from ``given``: they shape the queue, not the run
     resources: dict = field(default_factory=dict)
+    #: figures a publication reported for this experiment (``reported`` table; matrix.reported
+    #: names the keys), shown beside ours in comparison.md; not options
+    reported: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -82,10 +85,19 @@ class Matrix:
     eval_options: object               # deeplesion_cli.evaluation.evaluate.EvalOptions
     report: ReportOptions
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)   # [scheduler]
+    #: splits on which every saved checkpoint is scored (``curves``; empty: none)
+    curves: tuple[str, ...] = ()
+    #: the top-level ``[reported]`` table: where the experiments' reported figures come from
+    reported: dict = field(default_factory=dict)
 
     @property
     def eval_dir(self) -> Path:
         return self.out / "eval"
+
+    @property
+    def curves_dir(self) -> Path:
+        """``lesion eval --checkpoint every --out``: checkpoints.csv/json of every run."""
+        return self.out / "curves"
 
     @property
     def report_dir(self) -> Path:

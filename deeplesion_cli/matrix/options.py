@@ -48,7 +48,8 @@ def frcnn_keys() -> Spec:
 
 def yolo_keys() -> Spec:
     """The keys of a yolo experiment: ``lesion cfg``'s, then ``lesion train yolo``'s, then
-    ``lesion predict yolo``'s thresh (:data:`~deeplesion_cli.spec.darknet.YOLO_EXPERIMENT`)."""
+    ``lesion predict yolo``'s thresh, predict_size, darknet_map and map_iou
+    (:data:`~deeplesion_cli.spec.darknet.YOLO_EXPERIMENT`)."""
     return Spec("yolo experiment", [spec[name] for name, spec in
                                     darknet_spec.YOLO_EXPERIMENT.items()])
 

@@ -1,8 +1,9 @@
 """What remains of a matrix, as steps with their shell lines (nothing is run or written).
 
 :func:`plan` lists every step in order, done or not: per selected experiment (file order)
-``[cfg,] train or resume, predict``; then ``eval`` and ``report`` over the experiments that will be
-complete, and ``compare`` (``lesion matrix FILE``, which writes out/comparison.md).
+``[cfg,] train or resume, predict``; then ``eval``, ``curves`` (when the file sets
+``curves``: every saved checkpoint scored on those splits) and ``report`` over the experiments
+that will be complete, and ``compare`` (``lesion matrix FILE``, which writes out/comparison.md).
 :func:`remaining_lines` gives the lines still to do (``lesion matrix --print``).
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from deeplesion_cli.matrix.lines import (eval_line, frcnn_predict_line, frcnn_train_line,
-                                         matrix_line, report_line, yolo_cfg_line,
-                                         yolo_predict_line, yolo_train_line)
+from deeplesion_cli.matrix.lines import (curves_line, eval_line, frcnn_predict_line,
+                                         frcnn_train_line, matrix_line, report_line,
+                                         yolo_cfg_line, yolo_predict_line, yolo_train_line)
 from deeplesion_cli.matrix.model import Experiment, ExperimentState, Matrix, MatrixError, Step
-from deeplesion_cli.matrix.state import (comparison_current, eval_current, inspect,
-                                         prepared_folder, report_current)
+from deeplesion_cli.matrix.state import (comparison_current, curves_current, eval_current,
+                                         inspect, prepared_folder, report_current)
 
 
 def select(matrix: Matrix, only: Sequence[str]) -> list[Experiment]:
@@ -100,6 +101,12 @@ def plan(matrix: Matrix, only: Sequence[str] = (), *, cwd: Path | None = None) -
     eval_done = not pending and eval_current(matrix, complete)
     steps.append(Step(None, "eval", eval_line(matrix, complete, cwd), eval_done,
                       "up to date" if eval_done else f"{len(complete)} experiment(s)"))
+    if matrix.curves:
+        curves_done = not pending and curves_current(matrix, complete)
+        steps.append(Step(None, "curves", curves_line(matrix, complete, cwd), curves_done,
+                          "up to date" if curves_done else
+                          f"every checkpoint on {', '.join(matrix.curves)}"))
+        eval_done = eval_done and curves_done
     report_done = eval_done and report_current(matrix)
     steps.append(Step(None, "report", report_line(matrix, complete, cwd), report_done,
                       "up to date" if report_done else "after the evaluation"))

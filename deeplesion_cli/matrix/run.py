@@ -17,13 +17,14 @@ from deeplesion_cli.lock import folder_lock
 from deeplesion_cli.spec import darknet as darknet_spec
 from deeplesion_cli.spec import evaluation as eval_spec
 from deeplesion_cli.matrix.compare import comparison_rows, write_comparison
-from deeplesion_cli.matrix.lines import eval_line, report_line, torchrun_prefix
+from deeplesion_cli.matrix.lines import (curves_line, curves_values, eval_line, report_evals,
+                                         report_line, torchrun_prefix)
 from deeplesion_cli.matrix.load import load_matrix
 from deeplesion_cli.matrix.model import Matrix, MatrixError, MatrixResult, Step, yolo_final_weights
 from deeplesion_cli.matrix.plan import plan
 from deeplesion_cli.matrix.options import option_values
-from deeplesion_cli.matrix.state import (eval_current, inspect, prepared_folder, report_current,
-                                         yolo_cfg_text)
+from deeplesion_cli.matrix.state import (curves_current, eval_current, inspect, prepared_folder,
+                                         report_current, yolo_cfg_text)
 
 
 def _preflight(matrix: Matrix, steps: list[Step]) -> None:
@@ -94,10 +95,15 @@ def _run_step(matrix: Matrix, step: Step, show_progress: bool) -> None:
                           {k: v for k, v in values.items() if k in darknet_spec.TRAIN_YOLO},
                           resume=step.kind == "resume", show_progress=show_progress)
     elif step.kind == "predict":
+        predict = {k: v for k, v in values.items() if k in darknet_spec.PREDICT_YOLO}
+        predict.update(split=split, darknet=values["darknet"])
+        if predict.get("darknet_map"):   # as `lesion predict yolo --darknet-map` does
+            from deeplesion_cli.darknet.map import map_unsupported
+
+            if map_unsupported(values["darknet"]):
+                predict["darknet_map"] = False
         shared.predict_yolo(prepared, exp.cfg_path, yolo_final_weights(exp),
-                            exp.predictions(split),
-                            {"split": split, "darknet": values["darknet"],
-                             "thresh": values["thresh"]}, show_progress=show_progress)
+                            exp.predictions(split), predict, show_progress=show_progress)
 
 
 def evaluate(matrix: Matrix, names: Sequence[str], show_progress: bool = False) -> dict:
@@ -112,12 +118,22 @@ def evaluate(matrix: Matrix, names: Sequence[str], show_progress: bool = False) 
                            show_progress=show_progress).document
 
 
+def score_curves(matrix: Matrix, names: Sequence[str], show_progress: bool = False):
+    """``lesion eval PREPARED --run NAME=out/NAME ... --checkpoint every --split S,... --out
+    out/curves`` (:func:`deeplesion_cli.curves.score_checkpoints`)."""
+    from deeplesion_cli.curves import score_checkpoints
+
+    return score_checkpoints({n: matrix.experiment(n).run_dir for n in names}, matrix.prepared,
+                             splits=matrix.curves, eval_values=curves_values(matrix),
+                             out_dir=matrix.curves_dir, show_progress=show_progress)
+
+
 def build_matrix_report(matrix: Matrix, names: Sequence[str]):
     """``lesion report`` over the run folders, out/eval and the prepared folder
     (:func:`deeplesion_cli.steps.report`)."""
     from deeplesion_cli import steps as shared
 
-    return shared.report([matrix.experiment(n).run_dir for n in names], [matrix.eval_dir],
+    return shared.report([matrix.experiment(n).run_dir for n in names], report_evals(matrix),
                          matrix.prepared, matrix.report_dir, matrix.report.as_dict())
 
 
@@ -200,6 +216,17 @@ def _evaluate_and_report(matrix: Matrix, steps: list[Step], complete: list[str],
         return
     result.evaluated = complete
     result.metrics_json = matrix.eval_dir / "metrics.json"
+    if matrix.curves:
+        if curves_current(matrix, complete):
+            if "curves" in planned:
+                result.skipped.append(planned["curves"])
+            log(f"skipped curves: {matrix.curves_dir / 'checkpoints.json'} is up to date")
+        else:
+            step = Step(None, "curves", curves_line(matrix, complete, cwd), False,
+                        f"every checkpoint on {', '.join(matrix.curves)}")
+            log(f"curves: {step.line}")
+            _attempt(result, "curves", step,
+                     lambda: score_curves(matrix, complete, show_progress=show_progress), log)
     if report_current(matrix):
         if "report" in planned:
             result.skipped.append(planned["report"])

@@ -259,11 +259,39 @@ def eval_current(matrix: Matrix, names: Sequence[str]) -> bool:
                for n in names)
 
 
+def curves_current(matrix: Matrix, names: Sequence[str]) -> bool:
+    """out/curves/checkpoints.json scored exactly ``names`` on the ``curves`` splits with the
+    file's evaluation options, and is newer than every checkpoint those runs hold now."""
+    from deeplesion_cli.runs import RunFolderError, list_checkpoints
+
+    path = matrix.curves_dir / "checkpoints.json"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if list(document.get("runs", {})) != list(names) \
+            or list(document.get("splits", [])) != list(matrix.curves):
+        return False
+    from deeplesion_cli.matrix.lines import curves_values
+    from deeplesion_cli.evaluation.evaluate import EvalOptions
+
+    if document.get("options") != EvalOptions(**curves_values(matrix)).to_json():
+        return False
+    try:
+        listed = [c for n in names for c in list_checkpoints(matrix.experiment(n).run_dir)]
+    except RunFolderError:
+        return False
+    return all(newer_or_same(path, c.checkpoint) for c in listed)
+
+
 def report_current(matrix: Matrix) -> bool:
     """out/report/index.md (build_report writes it last) is newer than out/eval/metrics.json
-    and than the matrix file (whose [report] options it follows)."""
+    (and out/curves/checkpoints.json with ``curves``) and than the matrix file (whose [report]
+    options it follows)."""
     index = matrix.report_dir / "index.md"
     return (newer_or_same(index, matrix.eval_dir / "metrics.json")
+            and (not matrix.curves
+                 or newer_or_same(index, matrix.curves_dir / "checkpoints.json"))
             and newer_or_same(index, matrix.path))
 
 

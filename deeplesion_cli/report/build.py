@@ -8,7 +8,9 @@ Inputs (any of the three kinds may be missing, not all of them):
   ``args.json`` its command wrote (architecture and options; for darknet the cfg's ``[net]`` keys
   and ``-map``). The run's name is its folder name. Loading rules: :mod:`.inputs`.
 * **Evaluations** (``evals``): folders of ``lesion eval --out`` (``metrics.json``; docs/metrics.md
-  section 11). Every number of the comparison tables is read from it.
+  section 11). Every number of the comparison tables is read from it. A folder of ``lesion eval
+  --checkpoint every --out`` (``checkpoints.csv``, with or without a metrics.json) adds its
+  mAP-over-training figure and its best checkpoints (:mod:`.checkpoints`).
 * **Prepared folder** (``prepared``): ``manifest.json`` and ``coco/<split>.json``
   (docs/formats.md section 3) for the data figures, and images for overlays.
 
@@ -25,6 +27,7 @@ Output layout (``out_dir``; every figure a PNG, plus a PDF beside it with ``pdf=
     data/class_histogram.png              lesions per class and split
     data/box_size_mm.png                  long RECIST diameter per split
     eval/froc.png                         FROC of every evaluated run
+    eval/checkpoints.png                  seed mAP and AP50 of every checkpoint, per run and split
     eval/pr_<run>.png                     PR per class at IoU 0.5
     eval/confusion_<run>.png              confusion matrix, counts
     eval/confusion_norm_<run>.png         the same, row-normalised
@@ -39,7 +42,8 @@ index.md reads top to bottom, one heading per section: Data (data table and hist
 Training (run table), Results (the runs without detections in words, then the comparison
 tables, each with its detection counts), Curves (each run's training curves, the FROC of every
 run), Precision-recall and confusion per run, Overlays, Tables (the files), Warnings. No two
-headings are the same.
+headings are the same. Checkpoints (mAP over training and the best checkpoints) comes after
+Curves when an evaluation holds checkpoints.csv.
 
 All files are written atomically. Names are made file-safe (anything but letters, digits, ``-``
 and ``_`` becomes ``_``) and made unique with ``_2``, ``_3``... . This module lays out the
@@ -55,7 +59,7 @@ from typing import Sequence
 
 from deeplesion_cli import __version__, atomic
 from deeplesion_cli.formats.groundtruth import EvalInputError, ground_truth_from_dict
-from deeplesion_cli.report import latex, overlays, plots, tables
+from deeplesion_cli.report import checkpoints, latex, overlays, plots, tables
 from deeplesion_cli.report.eval_sources import EvalSources
 from deeplesion_cli.report.inputs import (EvalInfo, PreparedInfo, ReportInputError, RunInfo,
                                           load_eval, load_prepared, load_run)
@@ -97,6 +101,8 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
     run_infos = [load_run(r, label) for r, label in zip(runs, run_labels)]
     eval_labels = unique_names([safe_name(Path(e).resolve().name) for e in evals])
     eval_infos = [load_eval(e, label) for e, label in zip(evals, eval_labels)]
+    curve_infos = [ev for ev in eval_infos if ev.checkpoints]   # checkpoints.csv
+    eval_infos = [ev for ev in eval_infos if ev.document is not None]   # metrics.json
     prep = load_prepared(Path(prepared)) if prepared is not None else None
     if prep is not None:
         for ev in eval_infos:
@@ -114,6 +120,7 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
              + "; ".join(filter(None, [
                  f"{len(run_infos)} training run(s)" if run_infos else "",
                  f"{len(eval_infos)} evaluation(s)" if eval_infos else "",
+                 f"{len(curve_infos)} checkpoint evaluation(s)" if curve_infos else "",
                  f"prepared folder `{prep.path}`" if prep else ""])) + ".\n"]
     if prep is not None:
         _data_section(w, prep)
@@ -122,6 +129,8 @@ def build_report(runs: Sequence[Path] = (), evals: Sequence[Path] = (),
     if eval_infos:
         _results_section(w, eval_infos, entries)
     _curves_section(w, run_infos, entries)
+    if curve_infos:
+        _checkpoints_section(w, curve_infos)
     if eval_infos:
         _per_run_section(w, eval_infos, entries)
     _overlays_section(w, eval_infos, entries, prep, [str(n) for n in images], n_overlay)
@@ -255,6 +264,35 @@ def _curves_section(w: ReportWriter, run_infos: list[RunInfo], entries: list[Eva
         w.md.append(w.image_md(p, "FROC") + "\n")
         w.tex_fig(p, "FROC of every evaluated run", figs)
     w.tex_sections.append(("Curves", [], figs))
+
+
+def _checkpoints_section(w: ReportWriter, curve_infos: list[EvalInfo]) -> None:
+    """Per evaluation with checkpoints.csv: the seed-protocol mAP and COCO AP50 of every
+    checkpoint against training progress, and the table of each run's best checkpoints."""
+    w.md.append("## Checkpoints: mAP over training\n")
+    w.md.append("Every saved checkpoint of each run scored on each split (`lesion eval --run "
+                "NAME=RUN --checkpoint every`): train solid, test dashed, val dotted. The best "
+                "checkpoint of a run and split has the highest seed-protocol mAP (ties: the "
+                "earliest).\n")
+    figs: list = []
+    tex_tables = []
+    for ev in curve_infos:
+        rows = ev.checkpoints
+        base = eval_base(ev, len(curve_infos), "eval")
+        if len(curve_infos) > 1:
+            w.md.append(f"### {ev.label}: mAP over training\n")
+        runs = ", ".join(dict.fromkeys(r["run"] for r in rows))
+        p = w.figure(f"{base}checkpoints.png", checkpoints.checkpoint_curves, rows)
+        w.md.append(f"`{ev.path}`: runs {runs}; {len(rows)} rows.\n")
+        w.md.append(w.image_md(p, f"{ev.label} mAP over training") + "\n")
+        w.tex_fig(p, f"{ev.label}: seed-protocol mAP and COCO AP50 of every checkpoint", figs)
+        name = "checkpoints_best" if len(curve_infos) == 1 else f"checkpoints_best_{ev.label}"
+        t = checkpoints.best_table(rows, name)
+        if len(curve_infos) > 1:   # headings stay unique
+            t.title += f" ({ev.label})"
+        w.add_table("Checkpoints", t)
+        tex_tables.append(f"tables/{t.name}.tex")
+    w.tex_sections.append(("Checkpoints: mAP over training", tex_tables, figs))
 
 
 def _per_run_section(w: ReportWriter, eval_infos: list[EvalInfo],

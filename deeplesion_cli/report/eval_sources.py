@@ -108,7 +108,7 @@ class EvalSources:
         try:
             names = read_names(self.names_path) if self.names_path else None
             dets = read_detections(path, self.gt, fmt=None if fmt in (None, "auto") else fmt,
-                                   names=names)
+                                   names=names, class_base=block.get("class_base"))
         except (EvalInputError, OSError) as exc:
             self.w.warn(f"{label}: {exc}; no overlays for it")
             return None

@@ -6,7 +6,8 @@
   ``-map``). A darknet run folder of an older lesion has ``darknet.log`` but no ``args.json``: it
   is still read, with its architecture unknown (``"?"``) and a note saying so.
 * **Evaluation** (:func:`load_eval`): a folder of ``lesion eval --out`` (``metrics.json``;
-  docs/metrics.md section 11).
+  docs/metrics.md section 11) and/or of ``lesion eval --checkpoint every --out``
+  (``checkpoints.csv``: :mod:`deeplesion_cli.report.checkpoints`).
 * **Prepared folder** (:func:`load_prepared`): the manifest and the COCO json of each split
   (docs/formats.md section 3), read through :class:`~deeplesion_cli.prepared.Prepared`.
 
@@ -50,7 +51,8 @@ class RunInfo:
 class EvalInfo:
     path: Path
     label: str
-    document: dict              # metrics.json
+    document: dict | None       # metrics.json (None: a folder with checkpoints.csv only)
+    checkpoints: list[dict] | None = None   # checkpoints.csv's rows, when the folder has one
 
 
 @dataclass
@@ -111,21 +113,33 @@ def load_run(path: Path, label: str) -> RunInfo:
 
 
 def load_eval(path: Path, label: str) -> EvalInfo:
-    """An output folder of ``lesion eval --out``; :class:`ReportInputError` when it is not one."""
+    """An output folder of ``lesion eval --out`` (metrics.json) or of ``lesion eval --checkpoint
+    every --out`` (checkpoints.csv), or both; :class:`ReportInputError` when it is neither."""
+    from deeplesion_cli.report.checkpoints import (CSV_NAME, CheckpointsFileError,
+                                                   read_checkpoints_csv)
+
     path = Path(path)
     if not path.is_dir():
         raise ReportInputError(f"{path}: not a folder (an output folder of lesion eval --out)")
     metrics = path / "metrics.json"
+    rows = None
+    if (path / CSV_NAME).is_file():
+        try:
+            rows = read_checkpoints_csv(path / CSV_NAME)
+        except CheckpointsFileError as exc:
+            raise ReportInputError(str(exc)) from None
     if not metrics.is_file():
-        raise ReportInputError(f"{path}: no metrics.json: not an output folder of lesion eval "
-                               "--out")
+        if rows is not None:
+            return EvalInfo(path, label, None, rows)
+        raise ReportInputError(f"{path}: no metrics.json (nor {CSV_NAME}): not an output folder "
+                               "of lesion eval --out")
     document = read_json(metrics, "metrics.json")
     if not isinstance(document, dict) or not isinstance(document.get("runs"), dict):
         raise ReportInputError(f"{metrics}: not a metrics.json of lesion eval (no 'runs' object)")
     for name, block in document["runs"].items():
         if not isinstance(block, dict):
             raise ReportInputError(f"{metrics}: runs.{name} is not an object")
-    return EvalInfo(path, label, document)
+    return EvalInfo(path, label, document, rows)
 
 
 def load_prepared(path: Path) -> PreparedInfo:

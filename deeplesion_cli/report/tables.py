@@ -23,6 +23,8 @@ SUMMARY_ROWS = [
     ("VOC mAP all-point", ("voc", "map_all"), "voc.map_all"),
     ("darknet mAP", ("voc", "darknet_map"), None),
     ("seed protocol area", ("seed_protocol", "area"), None),
+    ("seed mAP (per class, 11 thresholds)", ("seed_protocol", "map"), None),
+    ("seed mean IoU of matches @score", ("seed_protocol", "mean_iou"), None),
     ("FROC sens @0.5 FP/img", ("froc", "sens", 0), None),
     ("FROC sens @1", ("froc", "sens", 1), None),
     ("FROC sens @2", ("froc", "sens", 2), None),

@@ -1,9 +1,11 @@
 """The options of ``lesion cfg``, ``lesion train yolo`` and ``lesion predict yolo``, declared once.
 
 A matrix ``yolo`` experiment takes the options of all three (:data:`YOLO_EXPERIMENT`): the
-network of ``lesion cfg``, the run of ``lesion train yolo``, the score floor of ``lesion predict
-yolo``. Files a command reads or writes (``-o``, ``--cfg``, ``--out``) are not options here: they
-are the command's plumbing, fixed by the matrix's folder layout.
+network of ``lesion cfg``, the run of ``lesion train yolo``, and of ``lesion predict yolo`` the
+score floor and the prediction network size (``predict_size``: flag ``--size`` of ``lesion
+predict yolo``; ``size`` is ``lesion cfg``'s, the training size). Files a command reads or writes
+(``-o``, ``--cfg``, ``--out``) are not options here: they are the command's plumbing, fixed by the
+matrix's folder layout.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ TRAIN_YOLO = Spec("train yolo", [
            help="Where AlexeyAB/hank-ai draw their loss chart (darknet -chart; builds with "
                 "OpenCV only). It restarts on --resume; lesion's curves.png covers the whole "
                 "run."),
+    Option("save_every", "int", None, low=1, metavar="N", compared=False,
+           help="Write backup/<cfg>_<i>.weights every N iterations, e.g. 1000 for curves of "
+                "every 1,000 (AlexeyAB: saveweights= in obj.data; hank-ai: -saveweights). "
+                "Default: the fork's, every 1,000, or 10,000 once max_batches >= 10,000; "
+                "pjreddie's is fixed (refused)."),
     Option("test", "bool", False, compared=False,
            help="After training, predict the test split from the _best (else _final) weights "
                 "into RUN/detections/ and score it into RUN/test/ (as `lesion eval --run`)."),
@@ -75,9 +82,22 @@ PREDICT_YOLO = Spec("predict yolo", [
            help="Also draw N images of the split (spread over it) with the predictions at "
                 "score >= 0.25 (orange: matching a lesion at IoU 0.5, red: not) and the ground "
                 "truth (green), as PNGs in OUT_draw/ beside the -o file."),
+    Option("predict_size", "size", None, flag="--size", metavar="N|WxH",
+           help="Predict at this network size (multiples of 32) instead of the cfg's own: the "
+                "cfg with only width/height changed (anchors as trained), written beside the "
+                "-o file as OUT.<cfg>-WxH.cfg; the same weights fit. Trained at 832, evaluated "
+                "at 1024: --size 1024."),
+    Option("darknet_map", "bool", False, compared=False,
+           help="Also run darknet's own `detector map` (AlexeyAB/hank-ai; all-point AP at "
+                "--map-iou) on the same split at the same size, into OUT.darknet_map.json "
+                "beside the -o file. pjreddie darknet has none: a warning."),
+    Option("map_iou", "float", 0.5, low=0, high=1, low_open=True, high_open=True, metavar="X",
+           compared=False,
+           help="IoU threshold of --darknet-map (darknet -iou_thresh; the seed study: 0.21)."),
 ])
 
 #: a matrix ``yolo`` experiment's options: name -> the spec that declares it
 YOLO_EXPERIMENT = {**{o.name: CFG for o in CFG},
                    **{o.name: TRAIN_YOLO for o in TRAIN_YOLO},
-                   "thresh": PREDICT_YOLO}
+                   "thresh": PREDICT_YOLO, "predict_size": PREDICT_YOLO,
+                   "darknet_map": PREDICT_YOLO, "map_iou": PREDICT_YOLO}

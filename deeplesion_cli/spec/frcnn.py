@@ -161,6 +161,11 @@ TRAIN_FRCNN = Spec("train frcnn", [
            help="CPU threads per process (torch intra-op). Default: the cores this process may "
                 "use, shared by the torchrun ranks on this machine. Kept by --resume."),
     Option("log_every", "int", 50, low=1, cli=False, resumable=True),
+    Option("save_every", "int", None, low=1, metavar="N", resumable=True, compared=False,
+           help="Also keep the weights of every N-th epoch and of the last one as "
+                "RUN/epochs/epoch_0010.pt (weights only, the size of best.pt each), for "
+                "`lesion eval --run NAME=RUN --checkpoint every` (mAP over training). "
+                "Default: keep none."),
 ])
 
 PREDICT_FRCNN = Spec("predict frcnn", [
