@@ -299,7 +299,7 @@ def predict_yolo(prepared, cfg_path, weights, out_json, values: Mapping | None =
         from deeplesion_cli.darknet.map import darknet_map, map_json_path
 
         darknet_map(prepared, cfg_path, weights, split=v["split"], darknet=v["darknet"],
-                    iou_thresh=v["map_iou"],
+                    iou_thresh=0.5 if v["map_iou"] is None else v["map_iou"],
                     predict_size=v["predict_size"]).write(map_json_path(path))
     return path
 

@@ -141,7 +141,7 @@ def test_resized_for_predict_writes_atomically_with_a_name_that_says_the_size(tm
 def test_predict_size_is_declared_once_and_is_a_matrix_key():
     option = PREDICT_YOLO["predict_size"]
     assert (option.kind, option.default, option.cli_flag) == ("size", None, "--size")
-    assert "--size 1024" in option.help and "816" in option.help
+    assert "--size 1024" in option.help and "832" in option.help
     assert YOLO_EXPERIMENT["predict_size"] is PREDICT_YOLO
     assert PREDICT_YOLO["darknet_map"].kind == "bool" and not PREDICT_YOLO["darknet_map"].compared
     words = steps.predict_yolo_words("prep", "y.cfg", "w.weights", "o.json",

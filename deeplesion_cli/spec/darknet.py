@@ -91,9 +91,10 @@ PREDICT_YOLO = Spec("predict yolo", [
            help="Also run darknet's own `detector map` (AlexeyAB/hank-ai; all-point AP at "
                 "--map-iou) on the same split at the same size, into OUT.darknet_map.json "
                 "beside the -o file. pjreddie darknet has none: a warning."),
-    Option("map_iou", "float", 0.5, low=0, high=1, low_open=True, high_open=True, metavar="X",
+    Option("map_iou", "float", None, low=0, high=1, low_open=True, high_open=True, metavar="X",
            compared=False,
-           help="IoU threshold of --darknet-map (darknet -iou_thresh; the seed study: 0.21)."),
+           help="IoU threshold of --darknet-map (darknet -iou_thresh; default darknet's 0.5; "
+                "the seed study: 0.21)."),
 ])
 
 #: a matrix ``yolo`` experiment's options: name -> the spec that declares it
