@@ -25,8 +25,11 @@ from deeplesion_cli.frcnn import engine
 from deeplesion_cli.frcnn.data import PreparedSplit, collate, to_model_input
 from deeplesion_cli.frcnn.model import build_model
 
+#: tiny runs: few proposals and sampled RoIs (the box head's cost is linear in them; what these
+#: tests check does not depend on how many)
 FAST = dict(arch="mobilenet_v3_fpn", size_px=96, batch_size=4, workers=0, augment="none",
-            eval_train_images=4, deterministic=True, lr=1e-3)
+            eval_train_images=4, deterministic=True, lr=1e-3, rois_per_image=64,
+            rpn_pre_nms_train=200, rpn_post_nms_train=200, rpn_post_nms_test=100)
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +282,10 @@ def test_predict_output_passes_lesion_eval(prepared, tmp_path):
 def test_amp_run_and_predict_refuses_other_classes(prepared, prepared_typed, tmp_path):
     run = tmp_path / "c"
     # --amp on the CPU: bfloat16 autocast for training, float32 evaluation
-    engine.train(prepared, run, engine.TrainOptions(**dict(FAST, eval_train_images=0), epochs=1,
-                                                    amp=True),
+    # bfloat16 on a CPU is slow: fewer proposals and sampled RoIs still keep the epoch short
+    cheap = dict(FAST, eval_train_images=0, rois_per_image=32, rpn_pre_nms_train=100,
+                 rpn_post_nms_train=100, rpn_post_nms_test=50)
+    engine.train(prepared, run, engine.TrainOptions(**cheap, epochs=1, amp=True),
                  show_progress=False)
     row = runlog.read_metrics(run / "metrics.csv")[0]
     assert np.isfinite(row["loss"]) and row["val_mAP50"] is not None

@@ -34,6 +34,9 @@ workers = 0
 augment = "none"
 eval_train_images = 0
 lr = 1e-3
+rois_per_image = 64            # few proposals and RoIs: a tiny run's cost is in the box head
+rpn_post_nms_train = 200
+rpn_post_nms_test = 100
 
 [[experiment]]
 name = "adam"
