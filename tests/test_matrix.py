@@ -106,7 +106,8 @@ def _parse(line: str):
     args = words[2:]
     if hasattr(command, "commands"):
         command, args = command.commands[args[0]], args[1:]
-    return command.name, command.make_context(command.name, args).params
+    return command.name, command.make_context(command.name, args,
+                                              **main.context_settings).params
 
 
 def _cli_train_options(params: dict) -> engine.TrainOptions:

@@ -279,7 +279,8 @@ def test_multi_node_torchrun_line(folder, monkeypatch):
     assert args.training_script_args[:2] == ["train", "frcnn"]
     monkeypatch.chdir(folder)                            # the line's paths are relative to it
     command = main.commands["train"].commands["frcnn"]
-    params = command.make_context("frcnn", list(args.training_script_args[2:])).params
+    params = command.make_context("frcnn", list(args.training_script_args[2:]),
+                                  **main.context_settings).params
     assert (folder / params["run_dir"]).resolve() == (folder / "out" / "big").resolve()
     assert TrainOptions(**TRAIN_FRCNN.from_cli(params)) == big.options
     # without the rendezvous host the line stops, saying what to set

@@ -96,7 +96,10 @@ def _parse(words: list[str]):
     command, args = main.commands[words[1]], words[2:]
     if hasattr(command, "commands"):
         command, args = command.commands[args[0]], args[1:]
-    return command.make_context(command.name, list(map(str, args))).params
+    # with the group's context settings, as a real invocation inherits them: click caches a
+    # command's help option from the first context it sees (-h would be lost for later --help)
+    return command.make_context(command.name, list(map(str, args)),
+                                **main.context_settings).params
 
 
 def _not_default(option: Option, tmp_path: Path):
