@@ -212,6 +212,8 @@ def test_reduced_copy_runs_end_to_end(typed_prepared):
         torch.set_num_threads(threads)
     assert result.ok, (result.failures, log)
     names = [e.name for e in matrix.experiments]
+    assert any(w.startswith(f"{names[1]}: darknet_map = true, but ") and "pjreddie" in w
+               for w in result.warnings), result.warnings
 
     # every kept checkpoint scored on train and test
     with open(matrix.curves_dir / "checkpoints.csv", newline="") as f:
@@ -275,3 +277,15 @@ def test_curves_names_real_splits(tmp_path):
     toml.write_text('prepared = "p"\ncurves = "test"\n[[experiment]]\nname = "a"\n'
                     'backend = "frcnn"\n')
     assert mx.load_matrix(toml).curves == ("test",)
+
+
+@pytest.mark.darknet
+def test_save_every_on_pjreddie_is_refused_before_anything_runs(typed_prepared):
+    toml = typed_prepared / "save.toml"
+    toml.write_text('prepared = "prepared"\nout = "save-out"\n[[experiment]]\nname = "y"\n'
+                    'backend = "yolo"\narch = "yolov3-tiny"\nsize = 64\nbatch = 2\n'
+                    'subdivisions = 1\nmax_batches = 4\nsave_every = 1000\n')
+    with pytest.raises(mx.MatrixError) as info:
+        mx.run_matrix(toml, show_progress=False, log=lambda line: None)
+    assert info.value.key == "save_every" and "pjreddie" in str(info.value)
+    assert not (typed_prepared / "save-out" / "y").exists()

@@ -27,12 +27,14 @@ from deeplesion_cli.matrix.state import (curves_current, eval_current, inspect, 
                                          report_current, yolo_cfg_text)
 
 
-def _preflight(matrix: Matrix, steps: list[Step]) -> None:
-    """Inputs every remaining step needs, checked before the first one runs."""
+def _preflight(matrix: Matrix, steps: list[Step]) -> list[str]:
+    """Inputs every remaining step needs, checked before the first one runs; returns warnings
+    (what a step will leave out, as its command would say)."""
     from deeplesion_cli.darknet.binary import detect_fork, find_darknet
     from deeplesion_cli.darknet.errors import DarknetError
     from deeplesion_cli.darknet.generate import ARCHS
 
+    warnings = []
     for step in steps:
         if step.done or step.experiment is None:
             continue
@@ -64,6 +66,15 @@ def _preflight(matrix: Matrix, steps: list[Step]) -> None:
                            "darknet = \"/path/to/darknet\"", "arch")
             if fork == "pjreddie" and options.map and step.kind != "predict":
                 raise fail(f"{binary} is pjreddie's darknet, which has no -map", "map")
+            if fork == "pjreddie" and options.save_every and step.kind != "predict":
+                raise fail(f"{binary} is pjreddie's darknet, which saves weights on its own "
+                           "schedule (every 100 iterations up to 1,000, then every 10,000)",
+                           "save_every")
+            if fork == "pjreddie" and options.darknet_map and step.kind == "predict":
+                warnings.append(f"{exp.name}: darknet_map = true, but {binary} is pjreddie's "
+                                "darknet, which has no `detector map`: predicted without it "
+                                "(comparison.md shows no darknet map for it)")
+    return warnings
 
 
 def _run_step(matrix: Matrix, step: Step, show_progress: bool) -> None:
@@ -253,8 +264,11 @@ def run_matrix(path, *, only: Sequence[str] = (), show_progress: bool = True,
 def _run_locked(matrix: Matrix, only: Sequence[str], show_progress: bool,
                 log: Callable[[str], None]) -> MatrixResult:
     steps = plan(matrix, only)
-    _preflight(matrix, steps)
+    early = _preflight(matrix, steps)
     result = MatrixResult(matrix, steps)
+    for warning in early:
+        result.warnings.append(warning)
+        log(warning)
     for step in steps:
         if not step.done and step.kind in ("train", "resume") and \
                 torchrun_prefix(matrix, matrix.experiment(step.experiment)) is not None:
