@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from deeplesion_cli.frcnn.transforms import AUGMENTS, NoAugment, SeedAugment, build_augment
@@ -62,6 +62,7 @@ def augment_with_seed(aug, seed, image, target):
 
 @settings(max_examples=30, deadline=None)
 @given(scenes())
+@example(((96, 157), [("rect", 1, 1, 8, 8)], 1, 0))   # clipped at the corner (found by a run)
 def test_seed_augment_keeps_boxes_on_lesions(scene):
     shape_hw, lesions, channels, seed = scene
     masks, boxes = render(shape_hw, lesions)
@@ -105,7 +106,10 @@ def test_seed_augment_keeps_boxes_on_lesions(scene):
             continue
         x1, y1, x2, y2 = kept[k + 1]
         cx, cy = cols + 0.5, rows + 0.5
-        inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+        # a pixel is in the box when it overlaps it: a rim pixel that the resize made
+        # half-bright has its centre up to half a pixel out (an 8 px lesion clipped at a corner
+        # to 4 x 8 px has a whole row of them; its box ended 0.0005 px before their centres)
+        inside = (cx >= x1 - 0.5) & (cx <= x2 + 0.5) & (cy >= y1 - 0.5) & (cy <= y2 + 0.5)
         assert inside.mean() >= 0.95, f"only {inside.mean():.2f} of lesion {k + 1} in its box"
         # interpolation at the rim may put a half-bright pixel just outside, never far outside
         near = (cx >= x1 - 1.5) & (cx <= x2 + 1.5) & (cy >= y1 - 1.5) & (cy <= y2 + 1.5)
