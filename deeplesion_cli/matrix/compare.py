@@ -26,7 +26,8 @@ COMPARISON_METRICS = (
 )
 
 
-def _metric(block: dict, where: tuple):
+def metric_at(block: dict | None, where: tuple):
+    """The value at path ``where`` of a metrics block; None where any step is missing."""
     value = block
     for key in where:
         try:
@@ -115,7 +116,7 @@ def comparison_rows(matrix: Matrix, states: dict, document: dict | None,
         row = {"experiment": exp.name, "backend": exp.backend, "options": options,
                "status": status}
         for _, key, where in COMPARISON_METRICS:
-            row[key] = _metric(runs[exp.name], where) if exp.name in runs else None
+            row[key] = metric_at(runs[exp.name], where) if exp.name in runs else None
         rows.append(row)
     return rows
 

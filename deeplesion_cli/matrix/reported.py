@@ -145,18 +145,11 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def _get(block: dict | None, *path):
-    value = block
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
 def reported_rows(matrix, document: dict | None) -> list[dict]:
     """One dict per experiment with reported figures: the reported ones (``reported_*``) and
     ours (``ours_*``: fractions, None when not measured), in file order."""
+    from deeplesion_cli.matrix.compare import metric_at
+
     runs = (document or {}).get("runs", {})
     curves = read_curves(matrix.curves_dir) if matrix.curves else []
     rows = []
@@ -166,10 +159,10 @@ def reported_rows(matrix, document: dict | None) -> list[dict]:
         block = runs.get(exp.name)
         row = {"experiment": exp.name, "backend": exp.backend}
         row.update({f"reported_{k}": v for k, v in exp.reported.items()})
-        row["ours_seed_map"] = _get(block, "seed_protocol", "map")
-        row["ours_mean_iou"] = _get(block, "seed_protocol", "mean_iou")
-        row["ours_darknet_map"] = _get(block, "voc", "darknet_map")
-        row["ours_coco_ap50"] = _get(block, "coco", "AP50")
+        row["ours_seed_map"] = metric_at(block, ("seed_protocol", "map"))
+        row["ours_mean_iou"] = metric_at(block, ("seed_protocol", "mean_iou"))
+        row["ours_darknet_map"] = metric_at(block, ("voc", "darknet_map"))
+        row["ours_coco_ap50"] = metric_at(block, ("coco", "AP50"))
         own = read_darknet_map(exp.run_dir, matrix.split) if exp.backend == "yolo" else None
         row["darknet_own_map"] = own.get("map") if own else None
         best = best_checkpoint(curves, exp.name, "seed_map", matrix.split) if curves else None

@@ -204,52 +204,52 @@ def _states(matrix: Matrix, steps: list[Step], result: MatrixResult,
     return states
 
 
+def _stage(result: MatrixResult, planned: dict, kind: str, current: bool, what: Path,
+           step: Callable[[], Step], call: Callable[[], object], log: Callable[[str], None],
+           label: str | None = None) -> None:
+    """A matrix-wide step: skipped (and said) when ``what`` is up to date, else run."""
+    if current:
+        if kind in planned:
+            result.skipped.append(planned[kind])
+        log(f"skipped {kind}: {what} is up to date")
+        return
+    made = step()
+    log(f"{label or kind}: {made.line}")
+    _attempt(result, kind, made, call, log)
+
+
 def _evaluate_and_report(matrix: Matrix, steps: list[Step], complete: list[str],
                          result: MatrixResult, show_progress: bool,
                          log: Callable[[str], None]) -> None:
-    """One evaluation of every complete experiment, then the report, each unless current."""
+    """One evaluation of every complete experiment, then the curves (with ``curves``) and the
+    report, each unless current."""
     planned = {s.kind: s for s in steps if s.experiment is None}
     cwd = Path.cwd()
     if not complete:
         log("nothing to evaluate yet: no experiment has finished training and predictions")
         return
-    if eval_current(matrix, complete):
-        if "eval" in planned:
-            result.skipped.append(planned["eval"])
-        log(f"skipped eval: {matrix.eval_dir / 'metrics.json'} is up to date")
-    else:
-        step = Step(None, "eval", eval_line(matrix, complete, cwd), False,
-                    f"{len(complete)} experiment(s)")
-        log(f"eval ({len(complete)} experiments): {step.line}")
-        _attempt(result, "eval", step,
-                 lambda: evaluate(matrix, complete, show_progress=show_progress), log)
+    _stage(result, planned, "eval", eval_current(matrix, complete),
+           matrix.eval_dir / "metrics.json",
+           lambda: Step(None, "eval", eval_line(matrix, complete, cwd), False,
+                        f"{len(complete)} experiment(s)"),
+           lambda: evaluate(matrix, complete, show_progress=show_progress), log,
+           label=f"eval ({len(complete)} experiments)")
     if not eval_current(matrix, complete):
         return
     result.evaluated = complete
     result.metrics_json = matrix.eval_dir / "metrics.json"
     if matrix.curves:
-        if curves_current(matrix, complete):
-            if "curves" in planned:
-                result.skipped.append(planned["curves"])
-            log(f"skipped curves: {matrix.curves_dir / 'checkpoints.json'} is up to date")
-        else:
-            step = Step(None, "curves", curves_line(matrix, complete, cwd), False,
-                        f"every checkpoint on {', '.join(matrix.curves)}")
-            log(f"curves: {step.line}")
-            _attempt(result, "curves", step,
-                     lambda: score_curves(matrix, complete, show_progress=show_progress), log)
-    if report_current(matrix):
-        if "report" in planned:
-            result.skipped.append(planned["report"])
-        log(f"skipped report: {matrix.report_dir} is up to date")
-        return
-    step = Step(None, "report", report_line(matrix, complete, cwd), False)
-    log(f"report: {step.line}")
+        _stage(result, planned, "curves", curves_current(matrix, complete),
+               matrix.curves_dir / "checkpoints.json",
+               lambda: Step(None, "curves", curves_line(matrix, complete, cwd), False,
+                            f"every checkpoint on {', '.join(matrix.curves)}"),
+               lambda: score_curves(matrix, complete, show_progress=show_progress), log)
 
     def report() -> None:
         result.report = build_matrix_report(matrix, complete)
         result.warnings += list(getattr(result.report, "warnings", []) or [])
-    _attempt(result, "report", step, report, log)
+    _stage(result, planned, "report", report_current(matrix), matrix.report_dir,
+           lambda: Step(None, "report", report_line(matrix, complete, cwd), False), report, log)
 
 
 def run_matrix(path, *, only: Sequence[str] = (), show_progress: bool = True,
